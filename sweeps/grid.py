@@ -66,8 +66,9 @@ def grid_runs(sweep: str, shape: Shape, grid: Grid, tokens_per_param: float) -> 
     """Every run of a grid, ordered budget -> family -> knob -> size (ascending FLOPs/token)."""
     runs = []
     for budget in grid.budgets:
-        sizes = grid.sizes or centred_sizes(budget, grid.sizes_per_budget, shape, tokens_per_param)
         for family in grid.families:
+            sizes = grid.sizes or centred_sizes(budget, grid.sizes_per_budget, shape,
+                                                grid.ratio_for(family, tokens_per_param))
             for knob in grid.knobs if family in KNOB_FIELD else (None,):
                 for size in sizes:
                     runs.append(make_run(sweep, shape, size=size, family=family, knob=knob,

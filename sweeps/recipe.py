@@ -38,11 +38,13 @@ DeepSpeed engine at 1.06x the plain loop at ZeRO-0 and 1.43x at ZeRO-3 for L2-d3
 Wall-time arithmetic (sum over runs of budget / (FLOPs/token x tokens/s), + 10% for evaluations,
 + 8 s start-up per trial, divided by 2 one-thread slots):
 
-    LAPTOP compute_bound  64 runs; training 700 + 805 + 1258 + 1429 = 4193 s at budgets
-                          1e12, 1.6e12, 2.5e12, 4e12; (4193 x 1.1 + 64 x 8) / 2 = 2562 s = 43 min
-                          (x1.06 for the ZeRO-0 engine: 45 min)
-    QUICK compute_bound   24 runs; training 92 + 184 + 367 = 642 s at 3.2e11, 6.4e11, 1.28e12;
-                          (642 x 1.1 + 24 x 8) / 2 = 449 s = 7.5 min
+    LAPTOP compute_bound  64 runs; training 757 + 943 + 1414 + 1578 = 4692 s at budgets
+                          8e11, 1.2e12, 1.8e12, 2.7e12; (4692 x 1.1 + 64 x 8) / 2 = 2837 s = 47 min
+                          (the first design, centred on Chinchilla's f* at 1e12-4e12, was 43 min
+                          here and 59 min for real on a busy machine; it had no interior minima
+                          for uniform or interpolating, see LAPTOP_TOKENS_PER_PARAM)
+    QUICK compute_bound   24 runs; training 127 + 184 + 367 = 678 s at 3.2e11, 6.4e11, 1.28e12;
+                          (678 x 1.1 + 24 x 8) / 2 = 469 s = 7.8 min
     LAPTOP data_bound 27 runs 15 min, noise_sweep 15 runs 7 min, hparams 4 bases x 8 trials
     12 min (at batch 8), smoke 6 runs ~0.5 min (start-up bound).
 """
@@ -62,11 +64,17 @@ ALL_FAMILIES = ("autoregressive", "masked", "uniform", "interpolating")
 # plain loop, 1 thread, batch 8 x 128, BPE 512. Not used to build runs; tests check the presets'
 # time limits with it.
 CPU_TOKENS_PER_S: dict[str, dict[str, float]] = {
-    "L2-d24": {"autoregressive": 76.3e3, "masked": 79.9e3, "uniform": 53.7e3, "interpolating": 51.8e3},
-    "L2-d32": {"autoregressive": 65.2e3, "masked": 66.5e3, "uniform": 46.4e3, "interpolating": 46.1e3},
-    "L2-d48": {"autoregressive": 67.3e3, "masked": 71.5e3, "uniform": 46.7e3, "interpolating": 45.3e3},
-    "L2-d64": {"autoregressive": 48.9e3, "masked": 49.6e3, "uniform": 36.2e3, "interpolating": 38.1e3},
-    "L3-d80": {"autoregressive": 28.1e3, "masked": 28.2e3, "uniform": 23.1e3, "interpolating": 23.5e3},
+    # L1-d16, L2-d16 (added with LAPTOP_TOKENS_PER_PARAM) and every uniform / interpolating entry
+    # (re-measured after their fused NELBO, trainer/qhat.py, 1.0-1.8x faster at widths <= 48):
+    # measured the same way in a later session and scaled by that session's ratio to the rows'
+    # masked entries (1.03-1.13).
+    "L1-d16": {"autoregressive": 130e3, "masked": 135e3, "uniform": 137.8e3, "interpolating": 132.1e3},
+    "L2-d16": {"autoregressive": 95e3, "masked": 99e3, "uniform": 90.7e3, "interpolating": 89.8e3},
+    "L2-d24": {"autoregressive": 76.3e3, "masked": 79.9e3, "uniform": 71.6e3, "interpolating": 70.2e3},
+    "L2-d32": {"autoregressive": 65.2e3, "masked": 66.5e3, "uniform": 57.9e3, "interpolating": 57.7e3},
+    "L2-d48": {"autoregressive": 67.3e3, "masked": 71.5e3, "uniform": 54.8e3, "interpolating": 54.2e3},
+    "L2-d64": {"autoregressive": 48.9e3, "masked": 49.6e3, "uniform": 36.9e3, "interpolating": 35.9e3},
+    "L3-d80": {"autoregressive": 28.1e3, "masked": 28.2e3, "uniform": 22.2e3, "interpolating": 22.3e3},
     "L3-d96": {"autoregressive": 24.1e3, "masked": 23.5e3, "uniform": 20.1e3, "interpolating": 19.6e3},
     "L4-d128": {"autoregressive": 12.4e3, "masked": 12.6e3, "uniform": 10.5e3, "interpolating": 10.5e3},
 }
@@ -130,9 +138,26 @@ class Grid:
     """Non-empty: exactly these sizes at every budget, instead of centring on f*."""
     pool_tokens: int | None = None
     """Data-bound grids: train on only the first this-many training tokens, repeated in epochs."""
+    tokens_per_param: tuple[tuple[str, float], ...] = ()
+    """(family, D/N) pairs: that family's sizes are centred on the compute-optimal size of this
+    tokens-per-parameter ratio instead of the recipe's (trainer.flops.compute_optimal_flops_per_token).
+    Chinchilla's 20 is an autoregressive rule; where a family's isoFLOP minimum sits at a preset's
+    scale is a measurement (LAPTOP_TOKENS_PER_PARAM)."""
+
+    def ratio_for(self, family: str, default: float) -> float:
+        """Tokens per parameter the family's sizes are centred on (the recipe's `default` if unset)."""
+        return dict(self.tokens_per_param).get(family, default)
 
     def __post_init__(self):
         object.__setattr__(self, "budgets", tuple(float(b) for b in self.budgets))
+        object.__setattr__(self, "tokens_per_param",
+                           tuple((str(f), float(x)) for f, x in dict(self.tokens_per_param).items()))
+        for f, x in self.tokens_per_param:
+            if f not in FAMILIES:
+                raise ValueError(f"tokens_per_param: family {f!r} is unknown; known: "
+                                 f"{', '.join(sorted(FAMILIES))}")
+            if not (x > 0 and math.isfinite(x)):
+                raise ValueError(f"tokens_per_param: {x!r} for {f!r} must be a positive finite number")
         for name in ("families", "knobs", "sizes"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         if not self.budgets:
@@ -212,14 +237,25 @@ LAPTOP_SHAPE = Shape(
 SMOKE_SHAPE = dataclasses.replace(   # RECIPE: seconds per run (tests, end-to-end checks)
     LAPTOP_SHAPE, seq_len=64, evals=4, eval_seqs=16, eval_t_repeats=1, min_steps=30)
 
+# RECIPE: where each family's isoFLOP minimum sat in the first real laptop study (November 2026,
+# budgets 1e12-4e12, sizes centred on Chinchilla's f* = 6 sqrt(C / 120)): autoregressive at
+# ~0.5-1x f*, masked at ~0.25-0.9x, uniform and interpolating at or below the smallest size tried
+# (<= 0.25-0.5x f*); a 1e12 probe put both diffusion minima at L2-d16 (~0.25x f*). As tokens per
+# parameter (f* scales as 1/sqrt(D/N)): ~40 for autoregressive (0.7x f*), ~125 for diffusion
+# (0.4x f*). Diffusion needs many steps before it leaves the unigram plateau at these budgets.
+LAPTOP_TOKENS_PER_PARAM = (("autoregressive", 40.0), ("masked", 125.0), ("uniform", 125.0),
+                           ("interpolating", 125.0))
+
 LAPTOP = Recipe(
     name="laptop",
     shape=LAPTOP_SHAPE,
-    # RECIPE: 4 budgets a fifth of a decade apart from 1e12 (diffusion at BPE 512 learns from
-    # ~1e12; test_learning.py), 4 sizes each (2 on each side of f*), all four families. The
-    # sizes this gives: 1e12 L2-d24..L2-d64; 1.6e12 and 2.5e12 L2-d32..L3-d80; 4e12 L2-d48..L3-d96.
-    compute_bound=Grid(budgets=(1e12, 1.6e12, 2.5e12, 4e12), families=ALL_FAMILIES, knobs=(0.5,),
-                       sizes_per_budget=4),
+    # RECIPE: 4 budgets 1.5x apart from 8e11 (diffusion at BPE 512 learns from ~1e12;
+    # test_learning.py), 4 sizes each (2 on each side of the family's compute-optimal size at
+    # LAPTOP_TOKENS_PER_PARAM), all four families. Diffusion's small optima cost the most wall time
+    # per FLOP (widths <= 24 run at 10-20 GFLOP/s), which holds the top budget at 2.7e12.
+    compute_bound=Grid(budgets=(8e11, 1.2e12, 1.8e12, 2.7e12), families=ALL_FAMILIES, knobs=(0.5,),
+                       sizes_per_budget=4,
+                       tokens_per_param=LAPTOP_TOKENS_PER_PARAM),
     # RECIPE: 131,072 unique tokens (~270 KB of text), repeated 8-31 epochs; 1 size below f* and 2
     # above, so the model grows with compute while the data cannot (2512.10858's token-bound regime).
     data_bound=Grid(budgets=(1e12, 2e12, 4e12), families=("autoregressive", "masked", "uniform"),

@@ -102,7 +102,10 @@ def test_isoflop_curves_bracket_the_compute_optimal_size(preset):
     budgets = {b for b, _, _ in curves}
     families = {f for _, f, _ in curves}
     for (budget, family, knob), fpt in curves.items():
-        f_star = compute_optimal_flops_per_token(budget, recipe.tokens_per_param)
+        # The FLOP module's compute-optimal size at the family's tokens-per-parameter ratio (the
+        # recipe's Chinchilla 20 unless the grid measured another for that family).
+        ratio = recipe.compute_bound.ratio_for(family, recipe.tokens_per_param)
+        f_star = compute_optimal_flops_per_token(budget, ratio)
         below, above = sum(f < f_star for f in fpt), sum(f > f_star for f in fpt)
         assert below >= 1 and above >= 1, (preset, budget, family, knob, f_star, fpt)
         assert len(fpt) >= 4 and len(fpt) == len(set(fpt))
@@ -244,9 +247,10 @@ def test_selection_and_overrides_apply():
     assert [(r.size, r.noise.uniform_share) for r in runs] == [
         ("L2-d32", 0.25), ("L2-d64", 0.25), ("L2-d32", 0.75), ("L2-d64", 0.75)]
     assert {r.train.budget_flops for r in runs} == {2e12}
-    # budgets alone: sizes re-centred on each new budget's f*
+    # budgets alone: sizes re-centred on each new budget's f* (masked: at 125 tokens per parameter,
+    # f* = 0.4 x 6 sqrt(4e12 / 120) = 4.4e5 FLOPs/token, between L2-d32 and L2-d48)
     big = sweeps.expand("compute_bound", budgets=[4e12], families=["masked"])
-    assert [r.size for r in big] == ["L2-d48", "L2-d64", "L3-d80", "L3-d96"]
+    assert [r.size for r in big] == ["L2-d24", "L2-d32", "L2-d48", "L2-d64"]
     base = sweeps.expand("smoke")
     over = sweeps.expand("smoke", overrides=("train.lr=0.01", "engine.threads=2", "train.seed=7"))
     assert len(over) == len(base)

@@ -102,6 +102,10 @@ class Size:
 
 
 LADDER: dict[str, Size] = {
+    # Laptop rows below L2-d24: at 1e12-4e12 FLOPs with BPE 512 the diffusion families' isoFLOP
+    # minimum sits at ~1e5-3e5 training FLOPs/token (measured, sweeps/recipe.py), below L2-d24.
+    "L1-d16": Size(n_layer=1, d_model=16, n_head=2),  # ~3k non-embedding
+    "L2-d16": Size(n_layer=2, d_model=16, n_head=2),  # ~6k
     "L2-d24": Size(n_layer=2, d_model=24, n_head=3),  # ~14k non-embedding
     "L2-d32": Size(n_layer=2, d_model=32, n_head=4),  # ~25k
     "L2-d48": Size(n_layer=2, d_model=48, n_head=3),  # ~55k
