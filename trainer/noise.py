@@ -44,6 +44,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from trainer.qhat import log_qhat_stats
+
 T_MIN = 1e-6  # t is clamped away from 0: the masked weight 1/t would overflow there
 
 
@@ -111,6 +113,7 @@ class NoiseFamily(ABC):
     causal: ClassVar[bool] = False               # model attention mask
     uses_mask_token: ClassVar[bool] = False      # input vocabulary = V + 1 (mask id = V)
     time_cond_default: ClassVar[bool] = False    # adaLN conditioning on t unless overridden
+    normalizes: ClassVar[bool] = False   # elbo_terms accepts raw logits (softmax inside, qhat.py)
     train_losses: ClassVar[tuple[str, ...]] = ("elbo",)
     default_train_loss: ClassVar[str] = "elbo"
 
@@ -159,10 +162,15 @@ class NoiseFamily(ABC):
         w, d = self.elbo_terms(log_probs, x, z, t)
         return w * d
 
+    def scores(self, logits: Tensor) -> Tensor:
+        """What elbo_terms reads: log-probabilities, or the logits themselves for families whose
+        terms normalise internally (`normalizes`: their softmax treats both alike)."""
+        return logits.float() if self.normalizes else F.log_softmax(logits.float(), -1)
+
     def nelbo(self, logits: Tensor, batch: NoisyBatch) -> Tensor:
         """(B, T) per-token NELBO estimates for one draw of (t, z_t); their mean is unbiased."""
-        out = self.nelbo_from_logprobs(F.log_softmax(logits.float(), -1), batch.targets,
-                                       batch.inputs, self._t(batch))
+        out = self.nelbo_from_logprobs(self.scores(logits), batch.targets, batch.inputs,
+                                       self._t(batch))
         return out if batch.t_weight is None else out * batch.t_weight[:, None]
 
     def loss(self, logits: Tensor, batch: NoisyBatch, kind: str | None = None,
@@ -172,7 +180,8 @@ class NoiseFamily(ABC):
         parallel ranks pass the *global* batch's count / world size, so that the average DeepSpeed
         takes over ranks is exactly the single-process loss of the global batch."""
         kind = kind or self.cfg.resolved_train_loss()
-        total = self._loss_sum(F.log_softmax(logits.float(), -1), batch, kind)
+        scores = F.log_softmax(logits.float(), -1) if kind == "ce" else self.scores(logits)
+        total = self._loss_sum(scores, batch, kind)
         return total / (self.loss_count(batch, kind) if normalizer is None else normalizer)
 
     def loss_count(self, batch: NoisyBatch, kind: str | None = None) -> int:
@@ -233,6 +242,7 @@ class Uniform(NoiseFamily):
     """Uniform-state diffusion (UDLM / Duo): π = uniform over the V real tokens, no mask state."""
     name = "uniform"
     time_cond_default = True
+    normalizes = True
 
     def corrupt(self, x, t, generator=None):
         beta = 1.0 - self.alpha(t)[:, None]
@@ -248,12 +258,11 @@ class Uniform(NoiseFamily):
         V = self.V
         a, da = self.alpha(t), self.dalpha(t)
         b = (1.0 - a) / V                                            # β/V, mass of each token in the prior part
-        log_qhat = torch.logaddexp(torch.log(a)[..., None] + log_probs, torch.log(b)[..., None])  # (..., V)
-        lq_x = log_qhat.gather(-1, x[..., None]).squeeze(-1)
-        lq_z = log_qhat.gather(-1, z[..., None]).squeeze(-1)
+        # log q̂ = log(a·x̂ + b) reduced three ways, fused with a closed-form backward (trainer/qhat.py)
+        sum_log, lq_x, lq_z = log_qhat_stats(log_probs, a, b, x, z)
         # KL(q(·|x) ‖ q(·|x̂)) with q(·|x) = a·onehot(x) + b: closed form in three reductions.
         q_log_q = torch.special.xlogy(a + b, a + b) + (V - 1) * torch.special.xlogy(b, b)
-        kl = q_log_q - a * lq_x - b * log_qhat.sum(-1)
+        kl = q_log_q - a * lq_x - b * sum_log
         q_z = torch.where(z == x, a + b, b)
         log_rho = torch.log(q_z) - lq_z
         d = kl + torch.expm1(log_rho) - log_rho                      # KL + (ρ − 1 − log ρ)
@@ -266,6 +275,7 @@ class Interpolating(NoiseFamily):
     name = "interpolating"
     uses_mask_token = True
     time_cond_default = True
+    normalizes = True
 
     def __init__(self, cfg, vocab_size):
         super().__init__(cfg, vocab_size)
@@ -293,13 +303,11 @@ class Interpolating(NoiseFamily):
         a, da, s = self.alpha(t), self.dalpha(t), self.sigma(t)
         bu = (1.0 - a) * s / V                                       # prior mass of each real token
         bm = (1.0 - a) * (1.0 - s)                                   # prior mass of the mask
-        log_qhat = torch.logaddexp(torch.log(a)[..., None] + log_probs, torch.log(bu)[..., None])
-        lq_x = log_qhat.gather(-1, x[..., None]).squeeze(-1)
         is_mask = z == self.mask_id
-        lq_z = torch.where(is_mask, torch.log(bm).expand_as(lq_x),
-                           log_qhat.gather(-1, z.clamp_max(V - 1)[..., None]).squeeze(-1))
+        sum_log, lq_x, lq_real = log_qhat_stats(log_probs, a, bu, x, z.clamp_max(V - 1))
+        lq_z = torch.where(is_mask, torch.log(bm).expand_as(lq_x), lq_real)
         # Σ_y q(y|x)·log q(y|x̂) = a·log q̂_x + Σ_real bu·log q̂_y + bm·log q̂_mask (q̂_mask = bm exactly)
-        cross = a * lq_x + bu * log_qhat.sum(-1) + torch.special.xlogy(bm, bm)
+        cross = a * lq_x + bu * sum_log + torch.special.xlogy(bm, bm)
         q_log_q = (torch.special.xlogy(a + bu, a + bu) + (V - 1) * torch.special.xlogy(bu, bu)
                    + torch.special.xlogy(bm, bm))
         kl = q_log_q - cross
