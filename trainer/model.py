@@ -19,10 +19,14 @@ from __future__ import annotations
 import argparse
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+if TYPE_CHECKING:
+    from trainer.kvcache import KVCache, LayerCache
 
 # Hidden width of each MLP kind as a function of (d_model, mlp_ratio). SwiGLU keeps the parameter
 # count of a ratio-r GELU MLP by using 2/3 of its hidden width over three matrices (Shazeer 2020),
@@ -193,7 +197,8 @@ def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
 class Attention(nn.Module):
     """Multi-head self-attention: fused QKV, rotary q/k, SDPA, output projection; no biases.
 
-    Kept free of caching logic so a KV cache can later wrap `forward` (k, v after rotary).
+    `cache` (sampling only): x holds positions [start, start + T) of a causal model; their k, v are
+    appended to the cache and q attends to every cached position up to its own.
     """
 
     def __init__(self, cfg: ModelConfig) -> None:
@@ -202,11 +207,22 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+        cache: LayerCache | None = None, start: int = 0,
+    ) -> torch.Tensor:
         B, T, d = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.n_head, d // self.n_head).permute(2, 0, 3, 1, 4)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)  # (B, H, T, D) each
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)  # (B, H, T, D)
+        if cache is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)  # (B, H, T, D)
+        else:
+            k, v = cache.extend(k, v, start)  # (B, H, start + T, D) each
+            # query i sits at absolute position start + i and sees keys 0..start + i (SDPA's
+            # is_causal aligns the mask top-left, wrong once start > 0); one query sees them all
+            keys = torch.arange(start + T, device=x.device)
+            mask = None if T == 1 else keys[None, :] <= start + keys[:T, None]  # (T, start + T)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.proj(y.transpose(1, 2).reshape(B, T, d))  # (B, T, d)
 
 
@@ -263,14 +279,16 @@ class Block(nn.Module):
         self.ada = nn.Linear(cfg.d_model, 6 * cfg.d_model) if cfg.time_cond else None
 
     def forward(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, c: torch.Tensor | None
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, c: torch.Tensor | None,
+        cache: LayerCache | None = None, start: int = 0,
     ) -> torch.Tensor:
         if self.ada is None:
-            x = x + self.attn(self.norm1(x), cos, sin)
+            x = x + self.attn(self.norm1(x), cos, sin, cache, start)
             return x + self.mlp(self.norm2(x))
         mods = self.ada(c)[:, None, :].chunk(6, dim=-1)  # six (B, 1, d)
         shift1, scale1, gate1, shift2, scale2, gate2 = mods
-        x = x + (1 + gate1) * self.attn(modulate(self.norm1(x), shift1, scale1), cos, sin)
+        h = modulate(self.norm1(x), shift1, scale1)
+        x = x + (1 + gate1) * self.attn(h, cos, sin, cache, start)
         return x + (1 + gate2) * self.mlp(modulate(self.norm2(x), shift2, scale2))
 
 
@@ -347,6 +365,21 @@ class Transformer(nn.Module):
             shift, scale = self.ada_f(c)[:, None, :].chunk(2, dim=-1)  # (B, 1, d) each
             x = modulate(x, shift, scale)
         return self.head(x)  # (B, T, V_out)
+
+    def decode(self, idx: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Incremental causal forward (sampling only): idx (B, T) are the tokens at absolute
+        positions [cache.length, cache.length + T); returns their logits (B, T, V_out), equal to
+        the full causal forward's at those positions, and appends their keys/values to `cache`."""
+        B, T = idx.shape
+        start = cache.length
+        if start + T > self.cfg.seq_len:
+            raise ValueError(f"decoding to position {start + T} exceeds seq_len {self.cfg.seq_len}")
+        cos, sin = self.rope_cos[start : start + T], self.rope_sin[start : start + T]  # (T, D/2)
+        x = self.embed(idx)  # (B, T, d)
+        for block, layer in zip(self.blocks, cache.layers):
+            x = block(x, cos, sin, None, layer, start)
+        cache.length = start + T
+        return self.head(self.norm_f(x))  # (B, T, V_out)
 
     def num_params(self, non_embedding: bool = True) -> int:
         """Parameter count; non-embedding excludes the token embedding and the output head only

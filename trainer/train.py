@@ -9,8 +9,10 @@ The same script runs as one launcher-less process or under torchrun / the deepsp
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -31,6 +33,8 @@ from trainer.noise import build_family
 from trainer.objective import evaluate, forward
 from trainer.peak import matmul_peak_flops
 from trainer.tracking import STEP_UNIT, Tracker, flop_step
+
+WEIGHTS = "model.pt"  # final fp32 state_dict of a FINISHED run: out_dir/<run_id>/model.pt
 
 
 @dataclass
@@ -109,6 +113,27 @@ def _bcast(obj, rank: int, world: int):
 def _noise_gen(seed: int, step: int, device) -> torch.Generator:
     # one stream per (seed, step): a resumed run draws exactly the noise of an uninterrupted one
     return torch.Generator(device=device).manual_seed(seed * 1_000_003 + step + 1)
+
+
+def export_weights(engine, path: Path, rank: int, partitioned: bool) -> Path:
+    """Write the model's plain fp32 state_dict to `path` (rank 0; tmp file + os.replace, so a
+    reader never sees half a file) and return its absolute path. Under ZeRO-3 (`partitioned`) each
+    rank holds a shard of every parameter: all ranks must call this to take part in the gather."""
+    import deepspeed
+    params = list(engine.module.parameters())
+    gather = (deepspeed.zero.GatheredParameters(params, modifier_rank=None) if partitioned
+              else contextlib.nullcontext())
+    with gather:
+        if rank == 0:
+            state = {k: v.detach().float().cpu().clone()
+                     for k, v in engine.module.state_dict().items()}
+    if rank == 0:
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    if dist.is_initialized():
+        dist.barrier()
+    return path.resolve()
 
 
 def train(cfg: RunConfig, *, progress: bool = True,
@@ -237,8 +262,10 @@ def train(cfg: RunConfig, *, progress: bool = True,
             save(step + 1)
     nelbo = do_eval(p.steps)
     save(p.steps)
+    weights = export_weights(engine, root.parent / WEIGHTS, rank, cfg.engine.zero_stage == 3)
     if tracker:
-        tracker.finish("FINISHED", extra_tags={"dlm.final_val_nelbo": repr(nelbo)})
+        tracker.finish("FINISHED", extra_tags={"dlm.final_val_nelbo": repr(nelbo),
+                                               "dlm.weights": str(weights)})
     loop_seconds = time.perf_counter() - loop_t0
     return RunResult(p.run_id, "FINISHED", mlflow_id, p.steps, nelbo, start, None,
                      time.perf_counter() - started, loop_seconds, tracker.log_seconds if tracker else 0.0)

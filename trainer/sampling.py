@@ -1,0 +1,237 @@
+"""Samplers for every noise family behind one entry point, `generate(model, family, ...)`.
+
+Pure torch (no MLflow, no files). One class per way of sampling, registered by family name in
+`SAMPLERS`; callers look the sampler up and never branch on the family:
+
+- masked: MDLM ancestral sampling (Sahoo et al. 2024). Time grid t_k = 1 − k/K,
+  k = 0..K (K = `steps`). A step t → s keeps every unmasked token; a masked position is unmasked
+  with probability (α_s − α_t) / (1 − α_t) to x ~ p_θ(x | z_t); at s = 0 that probability is 1,
+  so no mask survives. Caching: an unconditioned model's output depends on z_t only, so when a
+  step changes no position the previous logits are reused (nfe <= steps).
+- uniform, interpolating: ancestral sampling from the exact reverse posterior marginalised over the
+  model's prediction (GIDD, von Rütte et al. 2025; UDLM, Schiff et al.), K model calls.
+- autoregressive: temperature sampling, one position at a time through the model's KV cache.
+
+Reverse posterior used for uniform and interpolating noise (all of trainer/noise.py's diffusion
+families share the form q_t(z | x) = α_t δ(z = x) + β_t π_t(z), β = 1 − α). Its transition from
+s < t is
+
+    q(z_t | z_s) = α_{t|s} δ(z_t = z_s) + β_{t|s} π_{t|s}(z_t),   α_{t|s} = α_t / α_s,
+    β_{t|s} π_{t|s} = β_t π_t − α_{t|s} β_s π_s                      (GIDD)
+
+(uniform: β_{t|s} π_{t|s} = (1 − α_{t|s}) / V; nonnegative for the hybrid prior because
+β_t σ_t / α_t and β_t (1 − σ_t) / α_t both decrease in α_t). By Bayes, with x̂ = p_θ(· | z_t),
+
+    p(z_s | z_t) = Σ_x x̂(x) q(z_t | z_s) q(z_s | x) / q(z_t | x)
+                 = q(z_t | z_s) · Σ_x [x̂(x) / q_t(z_t | x)] · (α_s δ(z_s = x) + β_s π_s(z_s)),
+
+O(V) per position. At s = 0 it is x̂ itself (q(z_t | z_0 = x) = q_t(z_t | x)), so the last step
+draws the output from p_θ(x | z_t) directly and no mask can remain. β_t π_t is read off the family's
+own `marginal` (for z ≠ x the marginal *is* β_t π_t(z)), so a new family with this form needs no
+sampler code. The chain starts from z_1 ~ π_1 (it ignores the ε·δ(x) part of q_1, an O(ε) bias).
+
+Shapes: n sequences, T = seq_len positions, V real tokens, S = V (+1 mask) input states.
+Probabilities are float32; every draw uses the caller's seeded torch.Generator.
+"""
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from trainer.kvcache import KVCache
+from trainer.noise import NoiseFamily
+
+
+@dataclass(frozen=True, kw_only=True)
+class SampleResult:
+    tokens: Tensor
+    """(n, seq_len) LongTensor on the CPU of real-vocabulary ids (never the mask id)."""
+    steps: int
+    """Denoising steps taken (diffusion) or positions generated (autoregressive: seq_len)."""
+    nfe: int
+    """Model forward passes actually run, summed over batches (KV-cached AR: one per position)."""
+    seconds: float
+    """Wall time of sampling alone (s): no model loading or decoding to text."""
+
+    def tokens_per_s(self) -> float:
+        """Generated tokens per second of sampling wall time."""
+        return self.tokens.numel() / max(self.seconds, 1e-9)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """What one sampler call returns for one batch."""
+    tokens: Tensor  # (b, T) real-vocabulary ids, on the device
+    steps: int      # steps / positions taken
+    nfe: int        # forward passes run
+
+
+class Sampler(ABC):
+    """Draws one batch of sequences from a model of one noise family."""
+
+    @abstractmethod
+    def sample(self, model: nn.Module, family: NoiseFamily, *, n: int, seq_len: int, steps: int,
+               temperature: float, gen: torch.Generator, start_id: int | None) -> Chunk:
+        """n sequences of seq_len tokens; draws only from `gen` (on the model's device)."""
+
+
+def _probs(logits: Tensor, temperature: float) -> Tensor:
+    """softmax(logits / temperature) in float32: (..., V) -> (..., V)."""
+    return F.softmax(logits.float() / temperature, dim=-1)
+
+
+def _draw(probs: Tensor, gen: torch.Generator) -> Tensor:
+    """One categorical draw per row of probs (..., K) -> (...) ids."""
+    flat = probs.reshape(-1, probs.shape[-1])
+    return torch.multinomial(flat, 1, generator=gen).view(probs.shape[:-1])
+
+
+def _time(t: float, n: int, device) -> Tensor:
+    return torch.full((n,), t, dtype=torch.float32, device=device)
+
+
+def _alpha(family: NoiseFamily, t: float) -> float:
+    return float(family.alpha(torch.tensor(t, dtype=torch.float64)))
+
+
+def _call(model: nn.Module, z: Tensor, t: float) -> Tensor:
+    """Logits (n, T, V) of z (n, T) at time t; t is passed only to a time-conditioned model."""
+    return model(z, _time(t, z.shape[0], z.device) if model.cfg.time_cond else None)
+
+
+class MaskedAncestral(Sampler):
+    """MDLM ancestral sampling with logit caching (module docstring)."""
+
+    def sample(self, model, family, *, n, seq_len, steps, temperature, gen, start_id):
+        device = gen.device
+        z = torch.full((n, seq_len), family.mask_id, dtype=torch.long, device=device)
+        probs, nfe = None, 0
+        for k in range(steps):
+            t, s = 1.0 - k / steps, 1.0 - (k + 1) / steps
+            if probs is None or model.cfg.time_cond:          # z changed, or the output depends on t
+                probs, nfe = _probs(_call(model, z, t), temperature), nfe + 1   # (n, T, V)
+            a_t, a_s = _alpha(family, t), _alpha(family, s)
+            p_unmask = 1.0 if k == steps - 1 else (a_s - a_t) / (1.0 - a_t)
+            u = torch.rand(z.shape, generator=gen, device=device)
+            reveal = (z == family.mask_id) & (u < p_unmask)   # (n, T)
+            if reveal.any():
+                z = z.masked_scatter(reveal, _draw(probs[reveal], gen))
+                probs = None                                  # stale: recompute next step
+        return Chunk(z, steps, nfe)
+
+
+def _prior_mass(family: NoiseFamily, t: float, device) -> Tensor:
+    """β_t π_t over the S input states, (S,) float32, read off `family.marginal`: for z ≠ x,
+    q_t(z | x) = β_t π_t(z). References x = 0 and x = 1 cover every state with no cancellation."""
+    m = family.marginal(torch.tensor([0, 1], device=device),
+                        torch.full((2,), t, dtype=torch.float64, device=device))  # (2, S)
+    mass = m[0].clone()
+    mass[0] = m[1, 0]
+    return mass.float()
+
+
+class PosteriorAncestral(Sampler):
+    """Ancestral sampling from p(z_s | z_t) = Σ_x x̂(x) q(z_s | z_t, x) (module docstring)."""
+
+    def sample(self, model, family, *, n, seq_len, steps, temperature, gen, start_id):
+        prior = _prior_mass(family, 1.0, gen.device)                          # (S,)
+        z = _draw((prior / prior.sum()).expand(n, seq_len, -1), gen)          # z_1 ~ π_1
+        for k in range(steps - 1):
+            t, s = 1.0 - k / steps, 1.0 - (k + 1) / steps
+            x_hat = _probs(_call(model, z, t), temperature)                   # (n, T, V)
+            z = _draw(self.posterior(family, x_hat, z, t, s), gen)            # (n, T) states
+        x_hat = _probs(_call(model, z, 1.0 - (steps - 1) / steps), temperature)
+        return Chunk(_draw(x_hat, gen), steps, steps)                         # s = 0: p = x̂
+
+    @staticmethod
+    def posterior(family: NoiseFamily, x_hat: Tensor, z: Tensor, t: float, s: float) -> Tensor:
+        """p(z_s | z_t) (n, T, S), float32, from x̂ (n, T, V) and z_t (n, T), for 0 < s < t."""
+        V, S = family.V, family.input_vocab_size
+        a_t, a_s = _alpha(family, t), _alpha(family, s)
+        pi_t, pi_s = _prior_mass(family, t, z.device), _prior_mass(family, s, z.device)  # β·π (S,)
+        a_ts = a_t / a_s
+        jump = (pi_t - a_ts * pi_s).clamp_min(0.0)            # β_{t|s} π_{t|s} (S,)
+        is_z = F.one_hot(z, S).float()                        # (n, T, S): δ(· = z_t)
+        q_zt_x = a_t * is_z[..., :V] + pi_t[z][..., None]     # q_t(z_t | x) over real x (n, T, V)
+        # x with q_t(z_t | x) = 0 (a real z_t ≠ x under masking) cannot have produced z_t: weight 0
+        w = torch.where(q_zt_x > 0, x_hat / q_zt_x, torch.zeros_like(x_hat))   # (n, T, V)
+        mix = a_s * F.pad(w, (0, S - V)) + pi_s * w.sum(-1, keepdim=True)  # Σ_x w(x) q_s(·|x)
+        post = mix * (a_ts * is_z + jump[z][..., None])       # × q(z_t | z_s = ·)
+        return post / post.sum(-1, keepdim=True)
+
+
+class Autoregressive(Sampler):
+    """Left-to-right temperature sampling through the KV cache, one position per forward.
+
+    The AR model predicts token i + 1 from tokens 0..i (noise.Autoregressive.prepare), so it cannot
+    predict a first token from nothing: it is conditioned on `start_id` (callers pass the corpus's
+    end-of-text id, which precedes every document in the training stream), which is not part of the
+    output. `steps` is ignored: seq_len positions are generated, and reported."""
+
+    def sample(self, model, family, *, n, seq_len, steps, temperature, gen, start_id):
+        if start_id is None:
+            raise ValueError("autoregressive sampling needs start_id (e.g. the corpus's eot id)")
+        device = gen.device
+        cache = KVCache(model.cfg, n, device, next(model.parameters()).dtype)
+        out = torch.empty((n, seq_len), dtype=torch.long, device=device)
+        prev = torch.full((n, 1), start_id, dtype=torch.long, device=device)
+        for i in range(seq_len):
+            logits = model.decode(prev, cache)[:, -1]                          # (n, V)
+            out[:, i] = _draw(_probs(logits, temperature), gen)
+            prev = out[:, i : i + 1]
+        return Chunk(out, seq_len, seq_len)
+
+
+SAMPLERS: dict[str, Sampler] = {
+    "masked": MaskedAncestral(),
+    "uniform": PosteriorAncestral(),
+    "interpolating": PosteriorAncestral(),
+    "autoregressive": Autoregressive(),
+}
+
+
+@torch.no_grad()
+def generate(model: nn.Module, family: NoiseFamily, *, n: int, seq_len: int, steps: int, seed: int,
+             temperature: float = 1.0, device: str | torch.device = "cpu",
+             batch_size: int | None = None, start_id: int | None = None) -> SampleResult:
+    """Sample n sequences of seq_len tokens from `model` (a trainer.model.Transformer of `family`).
+
+    steps: denoising steps on the uniform grid t_k = 1 − k/steps (ignored by the AR family, which
+    takes seq_len positions). seed: same seed, device and batch_size -> identical tokens.
+    temperature: logits are divided by it (> 0). batch_size: sequences per batch (default n).
+    start_id: the token the AR model is conditioned on before its first output (required there,
+    ignored by diffusion). The model is put in eval mode and moved to `device`."""
+    if family.name not in SAMPLERS:
+        raise ValueError(f"no sampler for family {family.name!r}; known: {sorted(SAMPLERS)}")
+    for name, value in (("n", n), ("seq_len", seq_len), ("steps", steps)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if seq_len > model.cfg.seq_len:
+        raise ValueError(f"seq_len {seq_len} exceeds the model's seq_len {model.cfg.seq_len}")
+    batch = batch_size or n
+    device = torch.device(device)
+    model = model.to(device).eval()
+    sampler = SAMPLERS[family.name]
+    gen = torch.Generator(device=device).manual_seed(seed)
+    _sync(device)
+    t0 = time.perf_counter()
+    chunks = [sampler.sample(model, family, n=min(batch, n - i), seq_len=seq_len, steps=steps,
+                             temperature=temperature, gen=gen, start_id=start_id)
+              for i in range(0, n, batch)]
+    _sync(device)
+    seconds = time.perf_counter() - t0
+    tokens = torch.cat([c.tokens for c in chunks]).cpu()
+    return SampleResult(tokens=tokens, steps=chunks[0].steps, nfe=sum(c.nfe for c in chunks),
+                        seconds=seconds)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
