@@ -9,7 +9,7 @@ STAMP       := $(VENV)/.installed
 PYTEST_ARGS ?=
 UI_PORT     ?= 5000
 
-.PHONY: install test test-cluster data bench clean fit ui sweep
+.PHONY: install test test-cluster data bench clean fit ui sweep sample speed-quality
 
 # Re-runs only when pyproject.toml changes (or the venv is missing): `make test` twice installs once.
 $(STAMP): pyproject.toml
@@ -56,3 +56,13 @@ sweep: $(STAMP)
 # Fit scaling laws to a sweep's runs in MLflow (see analysis/fit_laws.py for options).
 fit: $(STAMP)
 	$(PY) -m analysis.fit_laws --experiment $(SWEEP)
+
+# Sample every finished run of a sweep at several step counts (judge: the study's best AR run) and
+# log speed and quality to MLflow: make sample SWEEP=smoke [ARGS='--steps 8,32,128 --n 64'].
+sample: $(STAMP)
+	$(PY) -m orchestrator.sampling $(SWEEP) $(ARGS)
+
+# One command for the speed-quality table and plot of a sweep: sample (skips what is already
+# sampled with the same settings), then draw the Pareto fronts (out/speed_quality/<sweep>/).
+speed-quality: sample
+	$(PY) -m analysis.speed_quality --experiment $(SWEEP)

@@ -128,6 +128,51 @@ def plot_residuals(study: StudyFit, path: Path) -> Path:
     return _save(fig, path)
 
 
+def plot_speed_quality(table: pd.DataFrame, path: Path) -> Path:
+    """Gen-PPL vs tokens/s of every sampling point (a ``speed_quality_table``), log-log.
+
+    One colour per group; a line through each sampling run's step counts, each point labelled with
+    its steps; the front over all groups as a staircase (per judge), its points ringed in black;
+    degenerate points hollow grey.
+    """
+    fig = Figure(figsize=(7.2, 5.2))
+    ax = fig.subplots()
+    ok = table[np.isfinite(table["tokens_per_s"]) & np.isfinite(table["gen_ppl"])
+               & (table["tokens_per_s"] > 0) & (table["gen_ppl"] > 0)]
+    for i, group in enumerate(sorted(table["group"].unique())):
+        color = f"C{i % 10}"
+        mine = ok[ok["group"] == group]
+        for _, r in mine.groupby("run", sort=False):
+            r = r.sort_values("steps")
+            ax.plot(r["tokens_per_s"], r["gen_ppl"], "-", color=color, lw=0.8, alpha=0.6)
+        good, bad = mine[~mine["degenerate"]], mine[mine["degenerate"]]
+        ax.plot(good["tokens_per_s"], good["gen_ppl"], "o", color=color, ms=5, label=group)
+        ax.plot(bad["tokens_per_s"], bad["gen_ppl"], "o", mfc="none", mec="0.55", ms=5)
+        for x, y, s in zip(mine["tokens_per_s"], mine["gen_ppl"], mine["steps"]):
+            ax.annotate(str(s), (x, y), xytext=(3, 3), textcoords="offset points", fontsize=6,
+                        color="0.3")
+    for k, (_, j) in enumerate(ok[ok["front_all"]].groupby("judge_run_id", sort=False)):
+        j = j.sort_values("tokens_per_s")
+        # Staircase: best gen-PPL attainable at speed >= x (where="pre": y[i+1] on (x_i, x_i+1]).
+        ax.step(j["tokens_per_s"], j["gen_ppl"], where="pre", color="k", lw=1,
+                ls=("-", "--", ":")[k % 3], label="Pareto front" if k == 0 else None)
+        ax.plot(j["tokens_per_s"], j["gen_ppl"], "o", mfc="none", mec="k", ms=9, mew=1.3)
+    if ok["degenerate"].any():
+        ax.plot([], [], "o", mfc="none", mec="0.55", ms=5, label="degenerate (low entropy)")
+    if ok.empty:
+        ax.text(0.5, 0.5, "no finite points", ha="center", transform=ax.transAxes)
+    else:
+        _loss_axis(ax)
+        ax.set_xscale("log")
+    judges = "; ".join(dict.fromkeys(j or "(unnamed judge)" for j in table["judge"]))
+    ax.set(xlabel="generation speed (tokens/s)", ylabel="generative perplexity",
+           title=f"speed vs quality of the samplers\njudge: {judges}")
+    ax.title.set_fontsize(9)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
 def _save(fig: Figure, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=_DPI)

@@ -1,5 +1,6 @@
 """`python -m orchestrator` end to end: real Ray (embedded), real DeepSpeed, a real sqlite MLflow store."""
 import json
+import math
 import os
 import signal
 import subprocess
@@ -65,6 +66,23 @@ def test_bad_input_fails_before_ray_starts(tmp_path, args, needle):
     print(f"rejected in {time.perf_counter() - t0:.1f} s: {proc.stderr.strip()[:200]}")
 
 
+@pytest.mark.parametrize("args,needle", [
+    (["nosuchstudy"], "nosuchstudy"),
+    (["smoke", "--steps", "0,8"], "--steps"),
+])
+def test_sampling_stage_rejects_bad_input_before_ray(tmp_path, args, needle):
+    from mlflow.tracking import MlflowClient as Client
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    Client(uri).create_experiment("smoke")                       # an existing store, no trials
+    proc = subprocess.run([sys.executable, "-m", "orchestrator.sampling", *args, "--tracking-uri", uri],
+                          cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and needle in proc.stderr, proc.stderr[-2000:]
+    assert "Started a local Ray" not in proc.stderr + proc.stdout
+    empty = subprocess.run([sys.executable, "-m", "orchestrator.sampling", "smoke", "--tracking-uri", uri],
+                           cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=120)
+    assert empty.returncode == 2 and "no FINISHED trials" in empty.stderr
+
+
 def test_dry_run_prints_the_table_and_trains_nothing(tmp_path):
     proc = orchestrate(tmp_path, "smoke", "--dry-run")
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -115,6 +133,37 @@ def test_smoke_sweep_end_to_end_then_rerun_skips_everything(tmp_path):
     attached = {a.path.split("/")[-1] for a in client.list_artifacts(parents[0].info.run_id, "fits")}
     assert pngs | {"fits.parquet", "fits.json"} <= attached
     print(fit.stdout[-1500:])
+
+    # the sampling stage on the same study (real Ray, the exported weights), then the speed-quality
+    # table: every run sampled at every step count (AR once, at seq_len), judged by the best AR run
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    stage = [sys.executable, "-m", "orchestrator.sampling", "smoke", "--tracking-uri", uri,
+             "--steps", "4,16,64", "--n", "8", "--repeats", "1"]
+    samp = subprocess.run(stage, cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=600)
+    assert samp.returncode == 0, samp.stdout[-2000:] + samp.stderr[-2000:]
+    _, sampled = runs(tmp_path, "sampling")
+    assert len(sampled) == SMOKE_RUNS and all(r.info.status == "FINISHED" for r in sampled)
+    ar = [c for c in children if c.data.tags["dlm.family"] == "autoregressive"]
+    best_ar = min(ar, key=lambda c: c.data.metrics["val_nelbo"])
+    seq_len = int(children[0].data.params["train.seq_len"])
+    for r in sampled:
+        assert r.data.tags["dlm.judge_run_id"] == best_ar.info.run_id
+        steps = sorted(m.step for m in client.get_metric_history(r.info.run_id, "gen_ppl"))
+        assert steps == ([seq_len] if r.data.tags["dlm.family"] == "autoregressive" else [4, 16, 64])
+        ppl = client.get_metric_history(r.info.run_id, "gen_ppl")
+        assert all(1.0 < m.value < 512 for m in ppl)                # judge vocabulary is 512
+        assert all(0 < m.value <= math.log(seq_len) + 1e-9
+                   for m in client.get_metric_history(r.info.run_id, "entropy"))
+    again = subprocess.run(stage, cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "6 already sampled, 0 to sample" in again.stdout, again.stdout
+    table = subprocess.run([sys.executable, "-m", "analysis.speed_quality", "--experiment", "smoke",
+                            "--tracking-uri", uri, "--out", str(tmp_path / "sq")],
+                           cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=300)
+    assert table.returncode == 0, table.stderr[-2000:]
+    assert (tmp_path / "sq" / "speed_quality.png").stat().st_size > 10_000
+    rows = (tmp_path / "sq" / "speed_quality.csv").read_text().strip().splitlines()
+    assert len(rows) == 1 + 3 * 3 + 3                            # header, 3 masked x 3 steps, 3 AR
+    print(samp.stdout[-1500:] + table.stdout[-2500:])
 
 
 def test_interrupted_sweep_resumes_without_rerunning_finished_runs(tmp_path):
