@@ -106,14 +106,22 @@ def _trials(client: MlflowClient, experiment: str) -> tuple[str, list]:
 
 
 def _weights_dir(run) -> Path | None:
+    """out_dir/<run_id> of a trial whose weights load: model.pt (tag dlm.weights), or for runs that
+    finished before training exported it, the final checkpoint under the run's io.out_dir."""
+    from trainer.sample import has_weights
     w = run.data.tags.get("dlm.weights")
-    return Path(w).parent if w and Path(w).is_file() else None
+    if w and Path(w).is_file():
+        return Path(w).parent
+    out, rid = run.data.params.get("io.out_dir"), run.data.tags.get("dlm.run_id")
+    if out and rid and has_weights(Path(out) / rid):
+        return Path(out) / rid
+    return None
 
 
-def pick_judge(runs: list, judge: str | None):
+def pick_judge(runs: list, judge: str | None, dirs: dict[str, Path | None]):
     """The autoregressive trial with the lowest final val_nelbo (or the one named by `judge`:
-    an MLflow run id or a dlm.run_id prefix) among runs with exported weights."""
-    ar = [r for r in runs if r.data.tags.get("dlm.family") == "autoregressive" and _weights_dir(r)]
+    an MLflow run id or a dlm.run_id prefix) among runs whose weights load (`dirs`)."""
+    ar = [r for r in runs if r.data.tags.get("dlm.family") == "autoregressive" and dirs[r.info.run_id]]
     if judge:
         ar = [r for r in ar if r.info.run_id == judge or r.data.tags.get("dlm.run_id", "").startswith(judge)]
         if len(ar) != 1:
@@ -202,20 +210,21 @@ def main(argv=None) -> int:
         exp_id, trials = _trials(client, args.experiment)
         if not trials:
             raise ValueError(f"experiment {args.experiment!r} has no FINISHED trials: run the sweep first")
-        judge = pick_judge(trials, args.judge)
+        dirs = {r.info.run_id: _weights_dir(r) for r in trials}
+        judge = pick_judge(trials, args.judge, dirs)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    judge_dir = _weights_dir(judge)
+    judge_dir = dirs[judge.info.run_id]
     jt = judge.data.tags
     judge_text = (f"autoregressive {jt.get('dlm.size')} run {jt.get('dlm.run_id', '')[:8]} "
                   f"(val NELBO {judge.data.metrics.get('val_nelbo', float('nan')):.3f} nats/token)")
-    usable = [r for r in trials if _weights_dir(r)]
+    usable = [r for r in trials if dirs[r.info.run_id]]
     missing = len(trials) - len(usable)
     done = _already(client, exp_id)
     jobs = {}
     for r in usable:
-        job = Job(r.info.run_id, str(_weights_dir(r)), str(judge_dir), steps, args.n, args.seed,
+        job = Job(r.info.run_id, str(dirs[r.info.run_id]), str(judge_dir), steps, args.n, args.seed,
                   args.temperature, args.threads, args.repeats)
         if (r.info.run_id, settings_key(job, judge.info.run_id)) not in done:
             jobs[r.info.run_id] = job

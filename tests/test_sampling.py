@@ -290,3 +290,10 @@ def test_finished_run_exports_weights_and_samples_from_the_cli(tmp_path):
     (unfinished / "config.json").write_text(json.dumps(cfg.to_dict()))
     with pytest.raises(FileNotFoundError, match="0123456789abcdef has no model.pt"):
         load_run(unfinished)
+    # a run that finished before model.pt existed: its final (ZeRO-3) checkpoint gives the weights
+    exported = {k: v.clone() for k, v in model.state_dict().items()}
+    (run_dir / "model.pt").unlink()
+    from trainer.sample import has_weights
+    assert has_weights(run_dir) and not has_weights(unfinished)
+    again, *_ = load_run(run_dir)
+    assert all(torch.equal(again.state_dict()[k], v) for k, v in exported.items())

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from trainer import checkpoint
 from trainer.config import RunConfig
 from trainer.data import Corpus, load_corpus
 from trainer.model import Transformer
@@ -45,14 +46,50 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu"
     config, weights = run_dir / "config.json", run_dir / WEIGHTS
     if not config.is_file():
         raise FileNotFoundError(f"run {run_dir.name} has no config.json ({config})")
-    if not weights.is_file():
-        raise FileNotFoundError(
-            f"run {run_dir.name} has no {WEIGHTS} ({weights}): it has not finished")
     cfg = RunConfig.from_dict(json.loads(config.read_text()))
     corpus = load_corpus(cfg.data)
-    model = Transformer(plan(cfg, corpus.vocab_size).model_cfg)
-    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    p = plan(cfg, corpus.vocab_size)
+    if weights.is_file():
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    else:
+        state = weights_from_checkpoint(run_dir, p.steps)
+    model = Transformer(p.model_cfg)
+    model.load_state_dict(state)
     return model.to(device).eval(), build_family(cfg.noise, corpus.vocab_size), cfg, corpus
+
+
+def has_weights(run_dir: str | Path) -> bool:
+    """Whether load_run can load this run: model.pt, or a final checkpoint of a finished run."""
+    run_dir = Path(run_dir)
+    if (run_dir / WEIGHTS).is_file():
+        return True
+    config = run_dir / "config.json"
+    if not config.is_file():
+        return False
+    cfg = RunConfig.from_dict(json.loads(config.read_text()))
+    steps = plan(cfg, cfg.data.vocab_size).steps
+    root = checkpoint.ckpt_root(str(run_dir.parent), run_dir.name)
+    return any(json.loads((root / t / checkpoint.STATE).read_text())["step"] == steps
+               for t in checkpoint.complete_tags(root))
+
+
+def weights_from_checkpoint(run_dir: Path, steps: int) -> dict[str, torch.Tensor]:
+    """The fp32 state_dict of a run's *final* DeepSpeed checkpoint (step == `steps`), for runs that
+    finished before training exported model.pt. ZeRO-3 shards are merged by DeepSpeed's
+    zero_to_fp32; otherwise the module states are read from mp_rank_00_model_states.pt. These files
+    pickle DeepSpeed objects (weights_only=False): only read checkpoints this project wrote."""
+    root = checkpoint.ckpt_root(str(run_dir.parent), run_dir.name)
+    tags = checkpoint.complete_tags(root)
+    final = [t for t in tags if json.loads((root / t / checkpoint.STATE).read_text())["step"] == steps]
+    if not final:
+        raise FileNotFoundError(f"run {run_dir.name} has no {WEIGHTS} and no final checkpoint (step "
+                                f"{steps}) under {root}: it has not finished")
+    tag = root / final[0]
+    if not (tag / "mp_rank_00_model_states.pt").is_file():            # ZeRO-3: per-rank shards
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+        return get_fp32_state_dict_from_zero_checkpoint(str(root), final[0])
+    states = torch.load(tag / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
+    return {k: v.float() for k, v in states["module"].items()}
 
 
 def main(argv: list[str] | None = None) -> int:
