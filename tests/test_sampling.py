@@ -114,12 +114,13 @@ def test_autoregressive_kv_cache_sampling_learns_chain_and_matches_uncached():
     assert tv < 0.1
     assert res.steps == res.nfe == T                               # `steps` is ignored for AR
     # the same draws without a cache: full causal forward over the prefix at every position
+    from trainer.sampling import _draw
     gen = torch.Generator().manual_seed(0)
     seq = torch.zeros(8, 1, dtype=torch.long)
     with torch.no_grad():
         for _ in range(T):
             p = F.softmax(model(seq)[:, -1].float(), -1)
-            seq = torch.cat([seq, torch.multinomial(p, 1, generator=gen)], 1)
+            seq = torch.cat([seq, _draw(p, gen)[:, None]], 1)       # the sampler's own draw
     assert torch.equal(seq[:, 1:], generate(model, fam, n=8, seq_len=T, steps=1, seed=0,
                                             start_id=0).tokens)
 
@@ -297,3 +298,13 @@ def test_finished_run_exports_weights_and_samples_from_the_cli(tmp_path):
     assert has_weights(run_dir) and not has_weights(unfinished)
     again, *_ = load_run(run_dir)
     assert all(torch.equal(again.state_dict()[k], v) for k, v in exported.items())
+
+
+def test_inverse_cdf_draw_matches_the_distribution_and_never_picks_zero_mass():
+    from trainer.sampling import _draw
+    p = torch.tensor([0.0, 0.5, 0.0, 0.3, 0.2, 0.0])
+    gen = torch.Generator().manual_seed(0)
+    ids = _draw(p.expand(200_000, -1) * 3.0, gen)                  # unnormalised rows are fine
+    freq = torch.bincount(ids, minlength=6).float() / ids.numel()
+    assert freq[p == 0].sum() == 0
+    assert (freq - p).abs().max() < 0.005                          # 5 sigma at n = 200k

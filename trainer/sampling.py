@@ -86,9 +86,15 @@ def _probs(logits: Tensor, temperature: float) -> Tensor:
 
 
 def _draw(probs: Tensor, gen: torch.Generator) -> Tensor:
-    """One categorical draw per row of probs (..., K) -> (...) ids."""
+    """One categorical draw per row of probs (..., K) -> (...) ids, by inverting the row's CDF at
+    one uniform number: one random draw per row (torch.multinomial draws K exponentials per row,
+    ~40% of a uniform-diffusion sampling step at K = 513 here). Rows need not be normalised."""
     flat = probs.reshape(-1, probs.shape[-1])
-    return torch.multinomial(flat, 1, generator=gen).view(probs.shape[:-1])
+    cdf = flat.cumsum(-1)                                                  # (rows, K)
+    u = torch.rand((flat.shape[0], 1), generator=gen, device=flat.device, dtype=cdf.dtype) * cdf[:, -1:]
+    # first index with cdf > u: zero-probability categories (flat cdf) are never chosen
+    idx = torch.searchsorted(cdf, u, right=True).clamp_max_(flat.shape[-1] - 1)
+    return idx.view(probs.shape[:-1])
 
 
 def _time(t: float, n: int, device) -> Tensor:
