@@ -43,8 +43,8 @@ Wall-time arithmetic (sum over runs of budget / (FLOPs/token x tokens/s), + 10% 
                           (the first design, centred on Chinchilla's f* at 1e12-4e12, was 43 min
                           here and 59 min for real on a busy machine; it had no interior minima
                           for uniform or interpolating, see LAPTOP_TOKENS_PER_PARAM)
-    QUICK compute_bound   24 runs; training 127 + 184 + 367 = 678 s at 3.2e11, 6.4e11, 1.28e12;
-                          (678 x 1.1 + 24 x 8) / 2 = 469 s = 7.8 min
+    QUICK compute_bound   24 runs; training 165 + 292 + 437 = 894 s at 3.2e11, 6.4e11, 1.28e12;
+                          (894 x 1.1 + 24 x 8) / 2 = 587 s = 9.8 min
     LAPTOP data_bound 27 runs 15 min, noise_sweep 15 runs 7 min, hparams 4 bases x 8 trials
     12 min (at batch 8), smoke 6 runs ~0.5 min (start-up bound).
 """
@@ -277,7 +277,8 @@ QUICK = dataclasses.replace(
     LAPTOP,
     name="quick",
     compute_bound=Grid(budgets=(3.2e11, 6.4e11, 1.28e12), families=("autoregressive", "masked"),
-                       sizes_per_budget=4),     # RECIPE: 3.2e11 keeps L2-d64 at 318 steps
+                       sizes_per_budget=4,      # RECIPE: the laptop's measured D/N per family
+                       tokens_per_param=LAPTOP_TOKENS_PER_PARAM),
     data_bound=Grid(budgets=(3.2e11, 6.4e11, 1.28e12), families=("autoregressive", "masked"),
                     sizes_per_budget=3, pool_tokens=2**17),
     noise_sweep=Grid(budgets=(6.4e11,), families=("interpolating",), knobs=(0.0, 0.5, 1.0),
