@@ -38,13 +38,12 @@ DeepSpeed engine at 1.06x the plain loop at ZeRO-0 and 1.43x at ZeRO-3 for L2-d3
 Wall-time arithmetic (sum over runs of budget / (FLOPs/token x tokens/s), + 10% for evaluations,
 + 8 s start-up per trial, divided by 2 one-thread slots):
 
-    LAPTOP compute_bound  64 runs; training 757 + 943 + 1414 + 1578 = 4692 s at budgets
-                          8e11, 1.2e12, 1.8e12, 2.7e12; (4692 x 1.1 + 64 x 8) / 2 = 2837 s = 47 min
-                          (the first design, centred on Chinchilla's f* at 1e12-4e12, was 43 min
-                          here and 59 min for real on a busy machine; it had no interior minima
-                          for uniform or interpolating, see LAPTOP_TOKENS_PER_PARAM)
-    QUICK compute_bound   24 runs; training 165 + 292 + 437 = 894 s at 3.2e11, 6.4e11, 1.28e12;
-                          (894 x 1.1 + 24 x 8) / 2 = 587 s = 9.8 min
+    LAPTOP compute_bound  64 runs; training 883 + 1132 + 1167 + 1559 = 4741 s at budgets
+                          6e11, 8e11, 1.07e12, 1.43e12; (4741 x 1.1 + 64 x 8) / 2 = 2864 s = 48 min
+                          (the second design, D/N 125 at 8e11-2.7e12, was 47 min here and 45 min
+                          for real; see LAPTOP_TOKENS_PER_PARAM for why it was replaced)
+    QUICK compute_bound   24 runs; training 154 + 278 + 429 = 860 s at 2.5e11, 5e11, 1e12;
+                          (860 x 1.1 + 24 x 8) / 2 = 569 s = 9.5 min
     LAPTOP data_bound 27 runs 15 min, noise_sweep 15 runs 7 min, hparams 4 bases x 8 trials
     12 min (at batch 8), smoke 6 runs ~0.5 min (start-up bound).
 """
@@ -68,6 +67,8 @@ CPU_TOKENS_PER_S: dict[str, dict[str, float]] = {
     # (re-measured after their fused NELBO, trainer/qhat.py, 1.0-1.8x faster at widths <= 48):
     # measured the same way in a later session and scaled by that session's ratio to the rows'
     # masked entries (1.03-1.13).
+    "L1-d8": {"autoregressive": 171.1e3, "masked": 194.1e3, "uniform": 135.1e3, "interpolating": 121.5e3},
+    "L1-d12": {"autoregressive": 171.9e3, "masked": 207.7e3, "uniform": 143.2e3, "interpolating": 139.7e3},
     "L1-d16": {"autoregressive": 130e3, "masked": 135e3, "uniform": 137.8e3, "interpolating": 132.1e3},
     "L2-d16": {"autoregressive": 95e3, "masked": 99e3, "uniform": 90.7e3, "interpolating": 89.8e3},
     "L2-d24": {"autoregressive": 76.3e3, "masked": 79.9e3, "uniform": 71.6e3, "interpolating": 70.2e3},
@@ -237,23 +238,27 @@ LAPTOP_SHAPE = Shape(
 SMOKE_SHAPE = dataclasses.replace(   # RECIPE: seconds per run (tests, end-to-end checks)
     LAPTOP_SHAPE, seq_len=64, evals=4, eval_seqs=16, eval_t_repeats=1, min_steps=30)
 
-# RECIPE: where each family's isoFLOP minimum sat in the first real laptop study (November 2026,
-# budgets 1e12-4e12, sizes centred on Chinchilla's f* = 6 sqrt(C / 120)): autoregressive at
-# ~0.5-1x f*, masked at ~0.25-0.9x, uniform and interpolating at or below the smallest size tried
-# (<= 0.25-0.5x f*); a 1e12 probe put both diffusion minima at L2-d16 (~0.25x f*). As tokens per
-# parameter (f* scales as 1/sqrt(D/N)): ~40 for autoregressive (0.7x f*), ~125 for diffusion
-# (0.4x f*). Diffusion needs many steps before it leaves the unigram plateau at these budgets.
-LAPTOP_TOKENS_PER_PARAM = (("autoregressive", 40.0), ("masked", 125.0), ("uniform", 125.0),
-                           ("interpolating", 125.0))
+# RECIPE: where each family's isoFLOP minimum sat in the real laptop studies (November 2026, 2
+# cores). Centred on Chinchilla's f* = 6 sqrt(C / 120) at 1e12-4e12 FLOPs, the first study found the
+# autoregressive minima at ~0.5-1x f* and uniform / interpolating at or below the smallest size
+# (<= 0.25-0.5x f*). Centred on 0.4x f* (D/N = 125) at 8e11-2.7e12, the second found autoregressive
+# interior at all 4 budgets (0.3-0.7x f*) and the diffusion minima again mostly at the smallest size;
+# 1-layer probes at 8e11 then bracketed them (uniform: L1-d8 4.891, L1-d12 4.813, L1-d16 4.549,
+# L2-d16 4.615 nats; masked: 4.870, 4.759, 4.940, 4.945): ~0.15-0.3x f*, D/N ~ 600 (f* scales as
+# 1/sqrt(D/N)). At these budgets a diffusion model must train for many steps before it leaves the
+# unigram plateau, so the smallest models that can hold bigram statistics win.
+LAPTOP_TOKENS_PER_PARAM = (("autoregressive", 40.0), ("masked", 600.0), ("uniform", 600.0),
+                           ("interpolating", 600.0))
 
 LAPTOP = Recipe(
     name="laptop",
     shape=LAPTOP_SHAPE,
-    # RECIPE: 4 budgets 1.5x apart from 8e11 (diffusion at BPE 512 learns from ~1e12;
-    # test_learning.py), 4 sizes each (2 on each side of the family's compute-optimal size at
-    # LAPTOP_TOKENS_PER_PARAM), all four families. Diffusion's small optima cost the most wall time
-    # per FLOP (widths <= 24 run at 10-20 GFLOP/s), which holds the top budget at 2.7e12.
-    compute_bound=Grid(budgets=(8e11, 1.2e12, 1.8e12, 2.7e12), families=ALL_FAMILIES, knobs=(0.5,),
+    # RECIPE: 4 budgets 4/3 apart from 6e11 (diffusion at BPE 512 leaves the unigram level from
+    # ~5e11 at the smallest sizes), 4 sizes each (2 on each side of the family's compute-optimal
+    # size at LAPTOP_TOKENS_PER_PARAM), all four families. Diffusion's tiny optimal models cost the
+    # most wall time per FLOP (widths 8-24 train at 6-20 GFLOP/s on one thread), which holds the
+    # top budget at 1.43e12 within the hour: the span of C is only 2.4x.
+    compute_bound=Grid(budgets=(6e11, 8e11, 1.07e12, 1.43e12), families=ALL_FAMILIES, knobs=(0.5,),
                        sizes_per_budget=4,
                        tokens_per_param=LAPTOP_TOKENS_PER_PARAM),
     # RECIPE: 131,072 unique tokens (~270 KB of text), repeated 8-31 epochs; 1 size below f* and 2
@@ -276,7 +281,7 @@ LAPTOP = Recipe(
 QUICK = dataclasses.replace(
     LAPTOP,
     name="quick",
-    compute_bound=Grid(budgets=(3.2e11, 6.4e11, 1.28e12), families=("autoregressive", "masked"),
+    compute_bound=Grid(budgets=(2.5e11, 5e11, 1e12), families=("autoregressive", "masked"),
                        sizes_per_budget=4,      # RECIPE: the laptop's measured D/N per family
                        tokens_per_param=LAPTOP_TOKENS_PER_PARAM),
     data_bound=Grid(budgets=(3.2e11, 6.4e11, 1.28e12), families=("autoregressive", "masked"),

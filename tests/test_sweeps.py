@@ -247,10 +247,10 @@ def test_selection_and_overrides_apply():
     assert [(r.size, r.noise.uniform_share) for r in runs] == [
         ("L2-d32", 0.25), ("L2-d64", 0.25), ("L2-d32", 0.75), ("L2-d64", 0.75)]
     assert {r.train.budget_flops for r in runs} == {2e12}
-    # budgets alone: sizes re-centred on each new budget's f* (masked: at 125 tokens per parameter,
-    # f* = 0.4 x 6 sqrt(4e12 / 120) = 4.4e5 FLOPs/token, between L2-d32 and L2-d48)
+    # budgets alone: sizes re-centred on each new budget's f* (masked: at 600 tokens per parameter,
+    # f* = 6 sqrt(4e12 / 3600) = 2.0e5 FLOPs/token, between L2-d16 and L2-d24)
     big = sweeps.expand("compute_bound", budgets=[4e12], families=["masked"])
-    assert [r.size for r in big] == ["L2-d24", "L2-d32", "L2-d48", "L2-d64"]
+    assert [r.size for r in big] == ["L1-d16", "L2-d16", "L2-d24", "L2-d32"]
     base = sweeps.expand("smoke")
     over = sweeps.expand("smoke", overrides=("train.lr=0.01", "engine.threads=2", "train.seed=7"))
     assert len(over) == len(base)

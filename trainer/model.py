@@ -106,8 +106,10 @@ class Size:
 
 
 LADDER: dict[str, Size] = {
-    # Laptop rows below L2-d24: at 1e12-4e12 FLOPs with BPE 512 the diffusion families' isoFLOP
-    # minimum sits at ~1e5-3e5 training FLOPs/token (measured, sweeps/recipe.py), below L2-d24.
+    # Laptop rows below L2-d24: at 8e11-2.7e12 FLOPs with BPE 512 the diffusion families' isoFLOP
+    # minimum sits at ~6e4-2e5 training FLOPs/token (measured, sweeps/recipe.py), below L2-d24.
+    "L1-d8": Size(n_layer=1, d_model=8, n_head=1),  # ~0.8k non-embedding (embeddings: 8k)
+    "L1-d12": Size(n_layer=1, d_model=12, n_head=1),  # ~1.8k
     "L1-d16": Size(n_layer=1, d_model=16, n_head=2),  # ~3k non-embedding
     "L2-d16": Size(n_layer=2, d_model=16, n_head=2),  # ~6k
     "L2-d24": Size(n_layer=2, d_model=24, n_head=3),  # ~14k non-embedding
