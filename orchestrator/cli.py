@@ -59,12 +59,22 @@ def build(args) -> list[RunConfig]:
     out_dir = str(Path(args.out_dir).resolve())
     configs = [dataclasses.replace(c, io=dataclasses.replace(c.io, tracking_uri=uri, out_dir=out_dir))
                for c in configs]
+    space = sweeps.search_space(args.sweep, preset=args.preset)
     for c in configs:                             # an impossible budget fails here, before Ray
         try:
             plan(c, c.data.vocab_size)
+            _check_choices(c, space)
         except ValueError as exc:
             raise ValueError(f"run {c.noise.family}/{c.size}/C={c.train.budget_flops:.3g}: {exc}") from None
     return configs
+
+
+def _check_choices(c: RunConfig, space) -> None:
+    """Every discrete value a search may propose must make a valid run too (e.g. each batch size
+    divisible by engine.workers; RunConfig itself checks the sweep's own values)."""
+    for name, spec in (space.params.items() if space is not None else ()):
+        for value in (spec[1] if spec[0] == "choice" else ()):
+            space.apply(c, {name: value})
 
 
 def main(argv=None) -> int:

@@ -2,9 +2,18 @@
 real cluster. One trial = one `trainer.train.train(config)` call in a Ray worker; the trainer never
 imports Ray (two-level orchestration, STYLE.md 8). A retried trial simply calls `train` again,
 which resumes from the run's latest checkpoint into the same MLflow run.
+
+With `engine.workers` = N > 1 the trial is a Ray Train `TorchTrainer` of N workers (each one
+DeepSpeed rank running `train` on the process group Ray Train set up; gloo on CPU, nccl on GPU)
+driven from a Tune function that itself holds almost nothing (TRAIN_DRIVER). Every rank reports
+each evaluation and its final result with `ray.train.report`; Tune's `TuneReportCallback` forwards
+rank 0's reports into the trial's result stream, so progress lines and the final "done" result look
+the same as for a one-process trial. Concurrency is then capped by `slots()`, which counts the
+workers' resources, since Tune cannot see them.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
@@ -23,11 +32,43 @@ QUIET_ENV = {
 }
 
 
-def trial_resources(cfg: RunConfig) -> dict[str, float]:
-    """CPU threads for a CPU job; one GPU (and a CPU to feed it) when the job runs on CUDA."""
-    if cfg.engine.device == "cuda":
+# The Tune trial of a multi-worker run only drives a TorchTrainer; its request must not be empty
+# (STACK.md: Tune over Ray Train), and it must not hold a CPU a training worker needs.
+TRAIN_DRIVER = {"CPU": 0, "memory": 100 * 2**20}
+
+
+def uses_gpu(cfg: RunConfig) -> bool:
+    """Whether each of the job's processes gets a GPU: engine.device 'cuda', or 'auto' on a cluster
+    that has GPUs (asked of the cluster, not of the machine that asks: a CPU-only head node still
+    schedules GPU trials, and a trial without a GPU reservation must not train on one Ray did not
+    hide from it)."""
+    if cfg.engine.device != "auto":
+        return cfg.engine.device == "cuda"
+    import ray
+    return ray.is_initialized() and ray.cluster_resources().get("GPU", 0) > 0
+
+
+def worker_resources(cfg: RunConfig) -> dict[str, float]:
+    """One training process: CPU threads on CPU; one GPU (and a CPU to feed it) on CUDA."""
+    if uses_gpu(cfg):
         return {"CPU": 1, "GPU": 1}
     return {"CPU": cfg.engine.threads}
+
+
+def trial_resources(cfg: RunConfig) -> dict[str, float]:
+    """What the Tune trial itself requests: the training process, or for a multi-worker run only
+    the TorchTrainer driver (its workers reserve their own resources: see `footprint`)."""
+    return worker_resources(cfg) if cfg.engine.workers == 1 else dict(TRAIN_DRIVER)
+
+
+def footprint(cfg: RunConfig) -> dict[str, float]:
+    """Everything one trial occupies while it trains: the trial plus its Ray Train workers."""
+    if cfg.engine.workers == 1:
+        return trial_resources(cfg)
+    total = dict(TRAIN_DRIVER)
+    for key, value in worker_resources(cfg).items():
+        total[key] = total.get(key, 0) + value * cfg.engine.workers
+    return total
 
 
 def run_trial(config: dict) -> None:
@@ -37,6 +78,8 @@ def run_trial(config: dict) -> None:
     from trainer.train import train
 
     cfg = RunConfig.from_dict(config["run"])
+    if cfg.engine.workers > 1:
+        return _run_workers(cfg)
     t0 = time.perf_counter()
     node = os.environ.get("RAY_NODE_ID") or _node_id()
     pid_file = Path(cfg.io.out_dir) / cfg.run_id() / "worker.pid"      # for the fault test/ops
@@ -49,10 +92,64 @@ def run_trial(config: dict) -> None:
     res = train(cfg, progress=False, on_eval=report)
     if res.mlflow_run_id and res.status != "SKIPPED":
         _tag_node(cfg, res.mlflow_run_id, node)
+    tune.report(_done(res, time.perf_counter() - t0))
+
+
+def _done(res, trial_seconds: float) -> dict:
+    """The final result of a trial, as the Progress callback and Outcome read it."""
     final = res.final_val_nelbo if res.final_val_nelbo is not None else float("nan")
-    tune.report({"event": "done", "status": res.status, "final_val_nelbo": final, "val_nelbo": final,
-                 "resumed_from": res.resumed_from, "steps": res.steps, "reason": res.reason or "",
-                 "trial_seconds": time.perf_counter() - t0, "loop_seconds": res.loop_seconds})
+    return {"event": "done", "status": res.status, "final_val_nelbo": final, "val_nelbo": final,
+            "resumed_from": res.resumed_from, "steps": res.steps, "reason": res.reason or "",
+            "trial_seconds": trial_seconds, "loop_seconds": res.loop_seconds}
+
+
+def _run_workers(cfg: RunConfig) -> None:
+    """A multi-worker trial: a TorchTrainer whose N workers are the job's DeepSpeed ranks. A worker
+    that dies fails the TorchTrainer (no retries inside it); the exception fails this Tune trial,
+    which Tune retries like a one-process trial (the ranks resume from the run's checkpoint)."""
+    from ray.train import FailureConfig, RunConfig as TrainRunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    gpu = uses_gpu(cfg)
+    # the ranks must agree with the process group Ray Train builds, so 'auto' is settled here
+    engine = dataclasses.replace(cfg.engine, device="cuda" if gpu else "cpu")
+    run = dataclasses.replace(cfg, engine=engine)
+    trainer = TorchTrainer(
+        _worker_loop,
+        train_loop_config={"run": run.to_dict(), "t0": time.time()},
+        scaling_config=ScalingConfig(num_workers=cfg.engine.workers, use_gpu=gpu,
+                                     resources_per_worker=worker_resources(cfg)),
+        torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
+        run_config=TrainRunConfig(
+            name=cfg.run_id(),                       # from the config hash: a retry reuses the folder
+            storage_path=str(Path(cfg.io.out_dir) / "ray_results" / f"{cfg.sweep}-train"),
+            failure_config=FailureConfig(max_failures=0),
+            callbacks=[TuneReportCallback()]))
+    trainer.fit()
+
+
+def _worker_loop(config: dict) -> None:
+    """One Ray Train worker = one DeepSpeed rank. Every rank reports every evaluation and the end
+    (ray.train.report is a barrier all ranks reach equally often); Tune sees rank 0's reports."""
+    import ray.train
+
+    from trainer.train import train
+
+    cfg = RunConfig.from_dict(config["run"])
+    rank = ray.train.get_context().get_world_rank()
+    if rank == 0:
+        pid_file = Path(cfg.io.out_dir) / cfg.run_id() / "worker.pid"
+        pid_file.parent.mkdir(parents=True, exist_ok=True)
+        pid_file.write_text(f"{os.getpid()}\n")
+
+    def report(point: dict) -> None:
+        ray.train.report({"event": "eval", **point})
+
+    res = train(cfg, progress=False, on_eval=report)
+    if rank == 0 and res.mlflow_run_id and res.status != "SKIPPED":
+        _tag_node(cfg, res.mlflow_run_id, _node_id())
+    ray.train.report(_done(res, time.time() - config["t0"]))
 
 
 def _node_id() -> str:
@@ -158,10 +255,11 @@ def alive_nodes(ray) -> int:
 
 
 def slots(cfg: RunConfig) -> int:
-    """How many trials like `cfg` the connected cluster runs at once."""
+    """How many trials like `cfg` the connected cluster runs at once (a multi-worker trial counts
+    its workers' resources, which Tune does not see)."""
     import ray
     resources = ray.cluster_resources()
-    per = trial_resources(cfg)
+    per = footprint(cfg)
     return max(1, int(min(resources.get(k, 0) // v for k, v in per.items() if v)))
 
 
@@ -177,7 +275,9 @@ def run_trials(configs: list[RunConfig], *, sweep: str, storage: Path, max_retri
         param_space={"run": tune.grid_search([c.to_dict() for c in configs])},
         # reused worker processes: a trial skips the ~3 s process start and torch/DeepSpeed imports
         # (train() is re-entrant in one process; a killed worker is replaced and the trial retried)
-        tune_config=tune.TuneConfig(num_samples=1, reuse_actors=True),
+        # multi-worker trials request only TRAIN_DRIVER from Tune: cap them at what the workers fit
+        tune_config=tune.TuneConfig(num_samples=1, reuse_actors=True, max_concurrent_trials=(
+            out.slots if configs[0].engine.workers > 1 else None)),
         run_config=tune.RunConfig(
             name=sweep, storage_path=str(storage.resolve()), verbose=0,
             failure_config=tune.FailureConfig(max_failures=max_retries),

@@ -235,3 +235,77 @@ def test_hparams_search_runs_optuna_and_a_rerun_continues_the_study(tmp_path):
     assert len(trials) == 2 and all(t.info.status == "FINISHED" for t in trials)
     points = {(t.data.params["train.lr"], t.data.params["train.batch_size"]) for t in trials}
     assert len(points) == 2                                  # the second invocation proposed a new point
+
+
+def test_workers_must_divide_the_batch_and_count_in_trial_resources(tmp_path):
+    from orchestrator import runner
+    from trainer.config import RunConfig
+    with pytest.raises(ValueError, match="engine.workers must be a positive integer"):
+        RunConfig().with_overrides(["engine.workers=0"])
+    with pytest.raises(ValueError, match=r"train.eval_seqs \(6\) must be divisible by engine.workers"):
+        RunConfig().with_overrides(["engine.workers=4", "train.eval_seqs=6"])
+    one = RunConfig().with_overrides(["engine.device=\"cpu\"", "engine.threads=2"])
+    four = one.with_overrides(["engine.workers=4"])
+    assert four.run_id() == one.run_id()                         # the engine layout is not the science
+    assert runner.trial_resources(one) == runner.footprint(one) == {"CPU": 2}
+    assert runner.trial_resources(four) == runner.TRAIN_DRIVER   # Tune holds only the driver ...
+    assert runner.footprint(four) == {**runner.TRAIN_DRIVER, "CPU": 8}   # ... slots() counts the ranks
+    gpu = four.with_overrides(["engine.device=\"cuda\""])
+    assert runner.footprint(gpu) == {**runner.TRAIN_DRIVER, "CPU": 4, "GPU": 4}
+    # bad input fails before Ray starts, naming the fields (also a value the hparams search may pick)
+    for args in (["smoke", "--set", "engine.workers=3"],
+                 ["hparams", "--set", "engine.workers=8", "--set", "train.batch_size=16",
+                  "--set", "train.eval_seqs=64"]):
+        proc = orchestrate(tmp_path, *args)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert "engine.workers" in proc.stderr and "train.batch_size" in proc.stderr
+        assert "Started a local Ray" not in proc.stderr + proc.stdout
+        assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_two_workers_per_trial_train_through_ray_train_like_one_rank(tmp_path):
+    """engine.workers=2: every trial is a Ray Train TorchTrainer of 2 gloo workers = 2 ZeRO-3 ranks,
+    reporting to its Tune trial (one progress line per evaluation, then the final result). Two ranks
+    splitting the global batch optimise the same objective as one (global loss normaliser), so the
+    same run on one rank ends at the same validation NELBO up to float summation order."""
+    t0 = time.perf_counter()
+    proc = orchestrate(tmp_path, "smoke", "--families", "autoregressive", "--sizes", "L2-d24,L2-d32",
+                       "--set", "engine.workers=2", "--set", "engine.zero_stage=3")
+    wall = time.perf_counter() - t0
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "2 finished" in proc.stdout and "0 failed" in proc.stdout
+    client, children = runs(tmp_path, "trial")
+    assert len(children) == 2
+    evals = 0
+    for c in children:
+        assert c.info.status == "FINISHED"
+        assert c.data.tags["dlm.world_size"] == "2" and c.data.params["engine.workers"] == "2"
+        n = int(c.data.params["train.evals"]) + 1
+        assert len(client.get_metric_history(c.info.run_id, "val_nelbo")) == n
+        evals += n
+    assert sum("tok/s" in line for line in proc.stdout.splitlines()) == evals    # rank 0's progress
+
+    # the same run on one rank, launched directly from the config the trial saved
+    run = next(c for c in children if c.data.tags["dlm.size"] == "L2-d24")
+    saved = json.loads((tmp_path / "runs" / run.data.tags["dlm.run_id"] / "config.json").read_text())
+    saved["engine"]["workers"] = 1
+    saved["io"].update(tracking_uri=f"sqlite:///{tmp_path / 'one.db'}", out_dir=str(tmp_path / "one"),
+                       parent_run_id=None)
+    (tmp_path / "one.json").write_text(json.dumps(saved))
+    t1 = time.perf_counter()
+    ref = subprocess.run([sys.executable, "-m", "trainer.train", "--config", str(tmp_path / "one.json")],
+                         cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=300)
+    ref_wall = time.perf_counter() - t1
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    result = json.loads(ref.stdout.strip().splitlines()[-1])
+    assert result["run_id"] == run.data.tags["dlm.run_id"]                     # same science, same id
+    one = sorted((m.step, m.value) for m in MlflowClient(f"sqlite:///{tmp_path / 'one.db'}")
+                 .get_metric_history(result["mlflow_run_id"], "val_nelbo"))
+    two = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, "val_nelbo"))
+    assert [s for s, _ in one] == [s for s, _ in two]
+    worst = max(abs(a - b) / a for (_, a), (_, b) in zip(one, two))
+    final = abs(one[-1][1] - two[-1][1]) / one[-1][1]
+    print(f"\n2 runs x 2 workers in {wall:.0f} s (reference 1-rank run {ref_wall:.0f} s)\n"
+          f"1 rank : {[round(v, 6) for _, v in one]}\n2 ranks: {[round(v, 6) for _, v in two]}\n"
+          f"final relative difference {final:.2e}, worst over the curve {worst:.2e}\n" + proc.stdout[-1500:])
+    assert final < 1e-3 and worst < 1e-3

@@ -103,6 +103,10 @@ class EngineConfig:
     Measured on 2 shared CPU threads (bench/bench_train.py, three runs), ZeRO-3's step-time
     overhead over plain PyTorch drops from +42-44% to +25-33% at L2-d64 and from +12-26% to +7-15%
     at L6-d256. Off = DeepSpeed's default per-module fetching. Crossover: trainer/engine.py."""
+    workers: int = 1
+    """Data-parallel DeepSpeed ranks per trial (orchestrator: Ray Train workers, each `threads` CPU
+    threads or one GPU). The global batch is split over them, so train.batch_size and
+    train.eval_seqs must be divisible by it; results match one rank up to float summation order."""
 
     def __post_init__(self):
         if self.zero_stage not in (0, 1, 2, 3):
@@ -112,6 +116,8 @@ class EngineConfig:
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ValueError(f"engine.precision must be auto|fp32|bf16, got {self.precision!r}")
         _positive(self, "engine", ("threads",))
+        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1:
+            raise ValueError(f"engine.workers must be a positive integer, got {self.workers!r}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -162,6 +168,10 @@ class RunConfig:
             raise ValueError(f"mlp must be one of {sorted(MLP_HIDDEN)}, got {self.mlp!r}")
         if FAMILIES[self.noise.family].causal and self.time_cond:
             raise ValueError("time_cond: the autoregressive family has no diffusion time")
+        for name in ("batch_size", "eval_seqs"):                 # each rank takes an equal share
+            if getattr(self.train, name) % self.engine.workers:
+                raise ValueError(f"train.{name} ({getattr(self.train, name)}) must be divisible by "
+                                 f"engine.workers ({self.engine.workers})")
 
     def use_time_cond(self) -> bool:
         if self.time_cond is not None:

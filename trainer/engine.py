@@ -2,7 +2,8 @@
 
 CPU: `DS_ACCELERATOR=cpu`, gloo, fp32 (bf16 autocast is ~10x slower on this CPU, STACK.md).
 GPU: nccl, bf16. Launcher-less single processes get the rendezvous variables set here (DeepSpeed
-otherwise tries MPI discovery); under torchrun / the deepspeed launcher they are already set.
+otherwise tries MPI discovery); under torchrun / the deepspeed launcher they are already set, and a
+Ray Train worker (orchestrator, engine.workers > 1) also finds the process group initialised.
 """
 from __future__ import annotations
 
@@ -40,6 +41,9 @@ def placement(cfg: EngineConfig) -> Placement:
     if cuda and not torch.cuda.is_available():
         raise ValueError("engine.device='cuda' but no CUDA device is available")
     if cuda:
+        # the orchestrator's Ray runtime env says "cpu" for every worker; a GPU placement overrides it
+        # (read once, when DeepSpeed picks its accelerator at first use)
+        os.environ["DS_ACCELERATOR"] = "cuda"
         local = int(os.environ.get("LOCAL_RANK", 0))
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
@@ -66,7 +70,12 @@ def quiet_logs() -> None:
 
 
 def init_distributed(place: Placement) -> tuple[int, int]:
-    """(rank, world_size). Sets single-process rendezvous variables if no launcher did."""
+    """(rank, world_size). Sets single-process rendezvous variables if no launcher did.
+
+    Ray Train (TorchConfig) sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT and calls
+    init_process_group before the worker's loop runs: that group is used as it is (DeepSpeed's
+    engine adopts an initialised torch.distributed group; no MPI discovery, which only runs when
+    those variables are missing), provided its backend is the placement's."""
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if place.device.type == "cuda" else "cpu")
     quiet_logs()
     import deepspeed                                   # after DS_ACCELERATOR is set
@@ -79,6 +88,9 @@ def init_distributed(place: Placement) -> tuple[int, int]:
     # /dev/shm segment that is never removed (and a 2-rank torchrun run aborted once with it set).
     if not torch.distributed.is_initialized():
         deepspeed.init_distributed(dist_backend=place.backend, verbose=False)
+    elif place.backend not in torch.distributed.get_backend():
+        raise ValueError(f"engine.device: this job runs on {place.device.type} ({place.backend}) but "
+                         f"the process group was initialised with {torch.distributed.get_backend()}")
     return torch.distributed.get_rank(), torch.distributed.get_world_size()
 
 

@@ -140,8 +140,9 @@ def train(cfg: RunConfig, *, progress: bool = True,
           on_eval: Callable[[dict], None] | None = None) -> RunResult:
     """Run (or resume, or skip if finished) one job. Safe to call again with the same config.
 
-    `on_eval`, if given, is called on rank 0 after every evaluation with a dict of step, steps,
-    flops, budget_flops, val_nelbo, tokens_per_s (the orchestrator forwards it as progress)."""
+    `on_eval`, if given, is called on every rank after every evaluation with a dict of step, steps,
+    flops, budget_flops, val_nelbo, tokens_per_s (the orchestrator forwards rank 0's as progress;
+    every rank calls it because a Ray Train report is a barrier that all ranks must reach)."""
     started = time.perf_counter()
     corpus = load_corpus(cfg.data)
     p = plan(cfg, corpus.vocab_size)                      # config errors surface before any writes
@@ -167,7 +168,8 @@ def train(cfg: RunConfig, *, progress: bool = True,
     start = state.get("step", 0)
     mlflow_id = state.get("mlflow_run_id") or (existing.info.run_id if existing else None)
     if tracker:
-        tracker.start(_tags(p), _params(p), mlflow_id, run_name=f"{cfg.noise.family}-{cfg.size}-{p.run_id[:6]}")
+        tracker.start({**_tags(p), "dlm.world_size": str(world)}, _params(p), mlflow_id,
+                      run_name=f"{cfg.noise.family}-{cfg.size}-{p.run_id[:6]}")
         mlflow_id = tracker.run_id
     mlflow_id = _bcast(mlflow_id, rank, world)
     if rank == 0:
@@ -191,10 +193,9 @@ def train(cfg: RunConfig, *, progress: bool = True,
             nelbo = evaluate(engine, family, val, seed=12345, batch_size=32,
                              t_repeats=tc.eval_t_repeats, device=place.device, rank=rank, world=world)
         now = time.perf_counter()
+        flops = step * p.flops_per_step
+        tok_s = (step - last_eval_step) * tc.batch_size * tc.seq_len / max(now - last_eval_t, 1e-9)
         if tracker:
-            flops = step * p.flops_per_step
-            dt = max(now - last_eval_t, 1e-9)
-            tok_s = (step - last_eval_step) * tc.batch_size * tc.seq_len / dt
             metrics = {"val_nelbo": nelbo, "tokens": step * tc.batch_size * tc.seq_len, "flops": flops,
                        "wall_time_s": wall0 + now - t0, "tokens_per_s": tok_s,
                        "mfu": mfu(tok_s * p.flops_per_step / (tc.batch_size * tc.seq_len), peak * world),
@@ -203,13 +204,13 @@ def train(cfg: RunConfig, *, progress: bool = True,
             if loss_n:
                 metrics["train_loss"] = loss_sum / loss_n
             tracker.log(flop_step(flops), metrics)
-            if on_eval:
-                on_eval({"step": step, "steps": p.steps, "flops": flops, "budget_flops": tc.budget_flops,
-                         "val_nelbo": nelbo, "tokens_per_s": tok_s})
             if progress:
                 print(f"[{p.run_id[:8]} {cfg.noise.family} {cfg.size}] step {step}/{p.steps} "
                       f"{flops:.3g}/{tc.budget_flops:.3g} FLOPs val_nelbo {nelbo:.4f} "
                       f"({nelbo / math.log(2):.3f} bits/token) {tok_s:,.0f} tok/s", flush=True)
+        if on_eval:
+            on_eval({"step": step, "steps": p.steps, "flops": flops, "budget_flops": tc.budget_flops,
+                     "val_nelbo": nelbo, "tokens_per_s": tok_s})
         loss_sum, loss_n, last_eval_t, last_eval_step = 0.0, 0, time.perf_counter(), step
         return nelbo
 
