@@ -133,8 +133,9 @@ def pick_judge(runs: list, judge: str | None, dirs: dict[str, Path | None]):
 
 
 def settings_key(job: Job, judge_run: str) -> str:
+    from trainer.sampling import VERSION
     blob = json.dumps({"steps": job.steps, "n": job.n, "seed": job.seed, "t": job.temperature,
-                       "judge": judge_run}, sort_keys=True)
+                       "judge": judge_run, "sampler_version": VERSION}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

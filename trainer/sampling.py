@@ -20,15 +20,20 @@ s < t is
     β_{t|s} π_{t|s} = β_t π_t − α_{t|s} β_s π_s                      (GIDD)
 
 (uniform: β_{t|s} π_{t|s} = (1 − α_{t|s}) / V; nonnegative for the hybrid prior because
-β_t σ_t / α_t and β_t (1 − σ_t) / α_t both decrease in α_t). By Bayes, with x̂ = p_θ(· | z_t),
+β_t σ_t / α_t and β_t (1 − σ_t) / α_t both decrease in α_t). The reverse step is the model's own,
+the one its NELBO (trainer/noise.py) is the bound of: x̂ = x̂_θ(z_t, t) is plugged into the forward
+marginals (the mean parameterisation of GIDD / UDLM),
 
-    p(z_s | z_t) = Σ_x x̂(x) q(z_t | z_s) q(z_s | x) / q(z_t | x)
-                 = q(z_t | z_s) · Σ_x [x̂(x) / q_t(z_t | x)] · (α_s δ(z_s = x) + β_s π_s(z_s)),
+    p_θ(z_s | z_t) = q(z_t | z_s) · q_s(z_s | x̂) / q_t(z_t | x̂),   q_s(y | x̂) = α_s x̂(y) + β_s π_s(y),
 
-O(V) per position. At s = 0 it is x̂ itself (q(z_t | z_0 = x) = q_t(z_t | x)), so the last step
-draws the output from p_θ(x | z_t) directly and no mask can remain. β_t π_t is read off the family's
-own `marginal` (for z ≠ x the marginal *is* β_t π_t(z)), so a new family with this form needs no
-sampler code. The chain starts from z_1 ~ π_1 (it ignores the ε·δ(x) part of q_1, an O(ε) bias).
+O(V) per position. x̂ is *not* the posterior p(x | z_t) here: on i.i.d. tokens from p the optimal
+x̂ is p itself (NELBO = H(p), tests/test_noise.py), and the z_t evidence enters through q(z_t | z_s).
+(Averaging the exact posteriors q(z_s | z_t, x) over x̂ instead treats x̂ as p(x | z_t) and
+divides that evidence out again: a model trained on this NELBO then samples near-random text.)
+At s = 0, q_0(· | x̂) = x̂, so the last step draws real tokens from x̂(y)·q_t(z_t | y): no mask can
+remain. β_t π_t is read off the family's own `marginal` (for z ≠ x the marginal *is* β_t π_t(z)),
+so a new family with this form needs no sampler code. The chain starts from z_1 ~ π_1 (it ignores
+the ε·δ(x) part of q_1, an O(ε) bias).
 
 Shapes: n sequences, T = seq_len positions, V real tokens, S = V (+1 mask) input states.
 Probabilities are float32; every draw uses the caller's seeded torch.Generator.
@@ -45,6 +50,11 @@ from torch import Tensor, nn
 
 from trainer.kvcache import KVCache
 from trainer.noise import NoiseFamily
+
+
+VERSION = 2
+"""Bump when a sampler's output distribution changes: the sampling stage re-samples runs sampled
+by an older version (2: uniform / interpolating use the model's mean-parameterised reverse step)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -142,49 +152,37 @@ def _prior_mass(family: NoiseFamily, t: float, device) -> Tensor:
 
 
 class PosteriorAncestral(Sampler):
-    """Ancestral sampling from p(z_s | z_t) = Σ_x x̂(x) q(z_s | z_t, x) (module docstring)."""
+    """Ancestral sampling from p_θ(z_s | z_t) ∝ q(z_t | z_s) q_s(z_s | x̂) (module docstring)."""
 
     def sample(self, model, family, *, n, seq_len, steps, temperature, gen, start_id):
         prior = _prior_mass(family, 1.0, gen.device)                          # (S,)
         z = _draw((prior / prior.sum()).expand(n, seq_len, -1), gen)          # z_1 ~ π_1
-        for k in range(steps - 1):
+        for k in range(steps):                                                # the last step: s = 0
             t, s = 1.0 - k / steps, 1.0 - (k + 1) / steps
             x_hat = _probs(_call(model, z, t), temperature)                   # (n, T, V)
             z = _draw(self.unnormalised(family, x_hat, z, t, s), gen)         # (n, T) states
-        x_hat = _probs(_call(model, z, 1.0 - (steps - 1) / steps), temperature)
-        return Chunk(_draw(x_hat, gen), steps, steps)                         # s = 0: p = x̂
+        return Chunk(z, steps, steps)                                         # real tokens only
 
     @staticmethod
     def posterior(family: NoiseFamily, x_hat: Tensor, z: Tensor, t: float, s: float) -> Tensor:
-        """p(z_s | z_t) (n, T, S), float32, from x̂ (n, T, V) and z_t (n, T), for 0 < s < t."""
+        """p_θ(z_s | z_t) (n, T, S), float32, from x̂ (n, T, V) and z_t (n, T), for 0 <= s < t."""
         post = PosteriorAncestral.unnormalised(family, x_hat, z, t, s)
         return post / post.sum(-1, keepdim=True)
 
     @staticmethod
     def unnormalised(family: NoiseFamily, x_hat: Tensor, z: Tensor, t: float, s: float) -> Tensor:
-        """p(z_s | z_t) up to a per-position constant, (n, T, S), in ~5 passes over (n, T, S).
-
-        With q_t(z_t | x) = π̃_t(z_t) + α_t δ(x = z_t) (π̃ = β·π), w(x) = x̂(x) / q_t(z_t | x) is
-        x̂ / π̃_t(z_t) off z_t (0 where π̃_t(z_t) = 0: such x cannot have produced z_t) and
-        x̂(z_t) / (α_t + π̃_t(z_t)) at a real z_t; then Σ_x w(x) q_s(y | x) = α_s w(y) + π̃_s(y) W,
-        W = Σ_x w(x), and q(z_t | z_s = y) = jump(z_t) + α_{t|s} δ(y = z_t)."""
-        V, S = family.V, family.input_vocab_size
+        """q(z_t | z_s = y) · q_s(y | x̂) over y, (n, T, S): p_θ(z_s | z_t) up to a per-position
+        constant, in ~3 passes over (n, T, S). q(z_t | z_s = y) = jump(z_t) + α_{t|s} δ(y = z_t)."""
+        V = family.V
         a_t, a_s = _alpha(family, t), _alpha(family, s)
         pi_t, pi_s = _prior_mass(family, t, z.device), _prior_mass(family, s, z.device)  # β·π (S,)
         a_ts = a_t / a_s
         jump = (pi_t - a_ts * pi_s).clamp_min(0.0)[z]                # β_{t|s} π_{t|s}(z_t) (n, T)
-        pz = pi_t[z]                                                  # π̃_t(z_t) (n, T)
-        real = (z < V)[..., None]                                     # (n, T, 1)
-        zc = z.clamp_max(V - 1)[..., None]                            # index of z_t among real x
-        w = x_hat * torch.where(pz > 0, pz.reciprocal(), torch.zeros_like(pz))[..., None]
-        at_z = x_hat.gather(-1, zc) / (a_t + pz[..., None])           # w(z_t) for a real z_t
-        w = w.scatter(-1, zc, torch.where(real, at_z, w.gather(-1, zc)))   # (n, T, V)
-        W = w.sum(-1, keepdim=True)                                   # (n, T, 1)
-        mix = pi_s * W                                                # (n, T, S): π̃_s(y) W
-        mix[..., :V].add_(w, alpha=a_s)                               # + α_s w(y) on real y
-        z_mix = mix.gather(-1, z[..., None])                          # mix(z_t) before scaling
-        post = mix.mul_(jump[..., None])
-        return post.scatter_add_(-1, z[..., None], a_ts * z_mix)      # + α_{t|s} δ(y = z_t) mix(y)
+        q_s = pi_s.expand(*z.shape, -1).clone()                       # q_s(y | x̂): π̃_s(y) ...
+        q_s[..., :V].add_(x_hat, alpha=a_s)                           # ... + α_s x̂(y) on real y
+        z_q = q_s.gather(-1, z[..., None])                            # q_s(z_t | x̂)
+        post = q_s.mul_(jump[..., None])
+        return post.scatter_add_(-1, z[..., None], a_ts * z_q)
 
 
 class Autoregressive(Sampler):
