@@ -80,8 +80,10 @@ def latest_parent_run_id(experiment: str, tracking_uri: str | None = None) -> st
     return page[0].info.run_id if page else None
 
 
-def _histories(client, run_ids: list[str], *, bulk: bool) -> pd.DataFrame:
-    """Metric histories of ``run_ids`` as rows (mlflow_run_id, key, step, value, timestamp).
+def _histories(client, run_ids: list[str], *, bulk: bool,
+               keys: tuple[str, ...] = S.LOADED_METRICS) -> pd.DataFrame:
+    """Metric histories (``keys``) of ``run_ids`` as rows (mlflow_run_id, key, step, value,
+    timestamp), the latest write of each (run, key, step).
 
     The public client only has ``get_metric_history`` (one query per run and metric: ~800 queries
     for a 200-run sweep). The SQL store, used for every local sqlite sweep, has a bulk query
@@ -91,15 +93,15 @@ def _histories(client, run_ids: list[str], *, bulk: bool) -> pd.DataFrame:
     store = getattr(getattr(client, "_tracking_client", None), "store", None)
     rows: list[tuple] = []
     if bulk and hasattr(store, "get_metric_history_bulk"):
-        for key in S.LOADED_METRICS:
+        for key in keys:
             for i in range(0, len(run_ids), _BULK_CHUNK):
                 chunk = store.get_metric_history_bulk(run_ids[i:i + _BULK_CHUNK], key, _BULK_MAX)
                 if len(chunk) >= _BULK_MAX:  # truncated: be correct rather than fast
-                    return _histories(client, run_ids, bulk=False)
+                    return _histories(client, run_ids, bulk=False, keys=keys)
                 rows.extend((m.run_id, m.key, m.step, m.value, m.timestamp) for m in chunk)
     else:
         for rid in run_ids:
-            for key in S.LOADED_METRICS:
+            for key in keys:
                 rows.extend((rid, m.key, m.step, m.value, m.timestamp)
                             for m in client.get_metric_history(rid, key))
     hist = pd.DataFrame(rows, columns=["mlflow_run_id", "key", "step", "value", "timestamp"]

@@ -89,33 +89,6 @@ def _hint(experiment: str) -> str:
     return f"sample the finished runs first: python -m orchestrator.sampling {experiment}"
 
 
-def _histories(client, run_ids: list[str], *, bulk: bool) -> pd.DataFrame:
-    """Rows (run, key, step, value) of ``METRICS``, the latest write of each (run, key, step).
-
-    As :func:`analysis.load._histories`: the SQL store's bulk query (one per metric and chunk of
-    runs) when the client has one, else ``get_metric_history`` per run and metric.
-    """
-    store = getattr(getattr(client, "_tracking_client", None), "store", None)
-    rows: list[tuple] = []
-    if bulk and hasattr(store, "get_metric_history_bulk"):
-        for key in METRICS:
-            for i in range(0, len(run_ids), load._BULK_CHUNK):
-                chunk = store.get_metric_history_bulk(run_ids[i:i + load._BULK_CHUNK], key,
-                                                      load._BULK_MAX)
-                if len(chunk) >= load._BULK_MAX:  # truncated: be correct rather than fast
-                    return _histories(client, run_ids, bulk=False)
-                rows.extend((m.run_id, m.key, m.step, m.value, m.timestamp) for m in chunk)
-    else:
-        for rid in run_ids:
-            for key in METRICS:
-                rows.extend((rid, m.key, m.step, m.value, m.timestamp)
-                            for m in client.get_metric_history(rid, key))
-    hist = pd.DataFrame(rows, columns=["run", "key", "step", "value", "timestamp"]
-                        ).astype({"step": "int64", "value": "float64", "timestamp": "int64"})
-    return (hist.sort_values(["run", "key", "step", "timestamp"])
-                .drop_duplicates(["run", "key", "step"], keep="last"))
-
-
 def _meta(runs: list) -> pd.DataFrame:
     records = []
     for r in runs:
@@ -159,7 +132,8 @@ def load_sampling(experiment: str, tracking_uri: str | None = None, *, bulk: boo
         raise AnalysisError(f"MLflow experiment {experiment!r} has no sampling runs "
                             f"(tag {S.TAG_ROLE}={ROLE_SAMPLING}); {_hint(experiment)}")
     meta = _meta(runs)
-    hist = _histories(client, meta["run"].tolist(), bulk=bulk)
+    hist = load._histories(client, meta["run"].tolist(), bulk=bulk, keys=METRICS).rename(
+        columns={"mlflow_run_id": "run"})
     if hist.empty:
         raise AnalysisError(f"the {len(meta)} sampling runs of {experiment!r} logged no metrics "
                             f"({', '.join(METRICS)}); {_hint(experiment)}")
