@@ -42,7 +42,7 @@ def tokens_per_s(model, family, *, n, seq_len, steps, repeats, start_id=0) -> tu
 
 @torch.no_grad()
 def uncached_ar(model, *, n, seq_len, repeats) -> float:
-    """Tokens/s of greedy-free AR sampling that re-runs the whole prefix at every position."""
+    """Tokens/s of AR temperature sampling that re-runs the whole prefix at every position."""
     import time
     gen = torch.Generator().manual_seed(0)
     times = []

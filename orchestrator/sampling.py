@@ -56,7 +56,7 @@ def sample_job(job: Job) -> dict:
 
     from trainer.quality import gen_ppl, unigram_entropy
     from trainer.sample import load_run
-    from trainer.sampling import generate
+    from trainer.sampling import SAMPLERS, generate
 
     torch.set_num_threads(job.threads)
     model, family, cfg, corpus = load_run(job.run_dir)
@@ -78,12 +78,7 @@ def sample_job(job: Job) -> dict:
                        "entropy": unigram_entropy(tokens), "nfe": float(runs[0].nfe),
                        "example": corpus.decode(tokens[0].tolist())})
     return {"source_run": job.source_run, "points": points, "seq_len": T,
-            "sampler": type(_sampler(family.name)).__name__}
-
-
-def _sampler(family: str):
-    from trainer.sampling import SAMPLERS
-    return SAMPLERS[family]
+            "sampler": SAMPLERS[family.name].name}
 
 
 # ------------------------------------------------------------------------------------------------

@@ -83,6 +83,7 @@ class Chunk:
 
 class Sampler(ABC):
     """Draws one batch of sequences from a model of one noise family."""
+    name: str = ""   # logged with every sampling measurement (MLflow tag dlm.sampler)
 
     @abstractmethod
     def sample(self, model: nn.Module, family: NoiseFamily, *, n: int, seq_len: int, steps: int,
@@ -122,6 +123,7 @@ def _call(model: nn.Module, z: Tensor, t: float) -> Tensor:
 
 class MaskedAncestral(Sampler):
     """MDLM ancestral sampling with logit caching (module docstring)."""
+    name = "masked-ancestral-cached"
 
     def sample(self, model, family, *, n, seq_len, steps, temperature, gen, start_id):
         device = gen.device
@@ -153,6 +155,7 @@ def _prior_mass(family: NoiseFamily, t: float, device) -> Tensor:
 
 class PosteriorAncestral(Sampler):
     """Ancestral sampling from p_θ(z_s | z_t) ∝ q(z_t | z_s) q_s(z_s | x̂) (module docstring)."""
+    name = "mean-param-ancestral"
 
     def sample(self, model, family, *, n, seq_len, steps, temperature, gen, start_id):
         prior = _prior_mass(family, 1.0, gen.device)                          # (S,)
@@ -192,6 +195,8 @@ class Autoregressive(Sampler):
     predict a first token from nothing: it is conditioned on `start_id` (callers pass the corpus's
     end-of-text id, which precedes every document in the training stream), which is not part of the
     output. `steps` is ignored: seq_len positions are generated, and reported."""
+
+    name = "ar-kvcache"
 
     def sample(self, model, family, *, n, seq_len, steps, temperature, gen, start_id):
         if start_id is None:
