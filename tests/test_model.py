@@ -26,7 +26,13 @@ def test_output_shape(mlp: str, time_cond: bool) -> None:
     model = Transformer(dataclasses.replace(BASE, mlp=mlp, time_cond=time_cond))
     idx = _tokens(0, B=3, T=10)  # shorter than seq_len is allowed
     t = torch.rand(3) if time_cond else None
-    assert model(idx, t).shape == (3, 10, 32)
+    out = model(idx, t)
+    assert out.shape == (3, 10, 32)
+    positions = torch.rand(3, 10, generator=torch.Generator().manual_seed(1)) < 0.4
+    # logits at selected positions only: the same rows as the full forward's, in row-major order
+    torch.testing.assert_close(model(idx, t, positions), out[positions], rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="positions must have shape"):
+        model(idx, t, positions[:, :5])
 
 
 def test_t_required_iff_time_cond() -> None:

@@ -244,3 +244,42 @@ def test_fused_log_qhat_matches_autograd_and_survives_a_zero_prior():
     loss = fam.loss(logits, batch)
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(logits.grad).all()
+
+
+@pytest.mark.parametrize("family,kind", [("masked", "ce"), ("masked", "elbo"),
+                                         ("autoregressive", "ce"), ("uniform", "elbo")])
+def test_scored_positions_give_the_same_loss_nelbo_and_gradients(family, kind):
+    # The model computes logits only at `scored_positions` (masked: the masked ones); the loss, its
+    # gradients and the validation NELBO must equal the all-positions computation.
+    from trainer.model import Transformer, model_config
+    from trainer import objective
+    fam = build_family(NoiseConfig(family=family, train_loss=kind), 40)
+    torch.manual_seed(0)
+    model = Transformer(model_config("L1-d16", vocab_size=fam.input_vocab_size, out_vocab_size=40,
+                                     seq_len=32, causal=fam.causal, time_cond=fam.time_cond_default))
+    window = torch.randint(0, 40, (6, 33), generator=torch.Generator().manual_seed(1))
+    batch = fam.prepare(window, torch.Generator().manual_seed(2))
+    pos = fam.scored_positions(batch)
+    if family == "masked":
+        assert 0 < int(pos.sum()) < pos.numel()         # a real subset: some masked, some not
+    else:
+        assert pos is None
+    grads = []
+    for fast in (False, True):
+        model.zero_grad()
+        value = objective.loss(model, fam, batch) if fast else fam.loss(objective.forward(model, batch), batch)
+        value.backward()
+        grads.append((value.item(), [p.grad.clone() for p in model.parameters() if p.grad is not None]))
+    (full, g_full), (fast, g_fast) = grads
+    assert fast == pytest.approx(full, rel=1e-6)
+    assert len(g_full) == len(g_fast)
+    for a, b in zip(g_full, g_fast):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    with torch.no_grad():
+        full_sum = fam.nelbo(objective.forward(model, batch), batch).double().sum().item()
+        fast_sum = fam.nelbo(objective.forward(model, batch, pos), batch, pos).double().sum().item()
+    assert fast_sum == pytest.approx(full_sum, rel=1e-6)
+    # a flat batch carries t per position
+    if pos is not None:
+        flat = batch.select(pos)
+        assert flat.t.shape == flat.targets.shape == (int(pos.sum()),)

@@ -342,8 +342,12 @@ class Transformer(nn.Module):
             nn.init.zeros_(self.ada_f.weight)
             nn.init.zeros_(self.ada_f.bias)
 
-    def forward(self, idx: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
-        """idx (B, T) token ids < vocab_size; t (B,) diffusion time in [0, 1] iff time_cond."""
+    def forward(self, idx: torch.Tensor, t: torch.Tensor | None = None,
+                positions: torch.Tensor | None = None) -> torch.Tensor:
+        """idx (B, T) token ids < vocab_size; t (B,) diffusion time in [0, 1] iff time_cond.
+        Logits (B, T, V_out); with `positions` (a (B, T) bool mask) only those rows, (n, V_out) in
+        row-major order: the output head, the widest matmul of a small model, runs only where the
+        loss can be non-zero (masked diffusion scores its masked positions only)."""
         B, T = idx.shape
         if T > self.cfg.seq_len:
             raise ValueError(f"sequence length {T} exceeds seq_len {self.cfg.seq_len}")
@@ -366,7 +370,11 @@ class Transformer(nn.Module):
         if c is not None:
             shift, scale = self.ada_f(c)[:, None, :].chunk(2, dim=-1)  # (B, 1, d) each
             x = modulate(x, shift, scale)
-        return self.head(x)  # (B, T, V_out)
+        if positions is not None:
+            if positions.shape != (B, T):
+                raise ValueError(f"positions must have shape ({B}, {T}), got {tuple(positions.shape)}")
+            x = x[positions]  # (n, d)
+        return self.head(x)  # (B, T, V_out), or (n, V_out)
 
     def decode(self, idx: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """Incremental causal forward (sampling only): idx (B, T) are the tokens at absolute

@@ -91,6 +91,17 @@ class NoisyBatch:
     t: Tensor | None                # (B,) diffusion time, None for autoregressive
     t_weight: Tensor | None = None  # (B,) importance weight dt/du of t (None = 1)
 
+    def select(self, positions: Tensor) -> "NoisyBatch":
+        """The positions of a (B, T) bool mask as a flat batch: inputs, targets, t and t_weight all
+        (n,), t and t_weight repeated per position (what the model's `positions` logits score)."""
+        per_pos = lambda v: None if v is None else v[:, None].expand(positions.shape)[positions]  # noqa: E731
+        return NoisyBatch(self.inputs[positions], self.targets[positions], per_pos(self.t),
+                          per_pos(self.t_weight))
+
+    def per_position(self, v: Tensor) -> Tensor:
+        """A per-sequence (B,) value broadcastable against targets; flat batches hold it per position."""
+        return v if v.dim() == self.targets.dim() else v[:, None]
+
 
 def stratified_t(n: int, generator: torch.Generator | None = None, device=None,
                  power: float = 1.0) -> tuple[Tensor, Tensor]:
@@ -167,22 +178,34 @@ class NoiseFamily(ABC):
         terms normalise internally (`normalizes`: their softmax treats both alike)."""
         return logits.float() if self.normalizes else F.log_softmax(logits.float(), -1)
 
-    def nelbo(self, logits: Tensor, batch: NoisyBatch) -> Tensor:
-        """(B, T) per-token NELBO estimates for one draw of (t, z_t); their mean is unbiased."""
+    def scored_positions(self, batch: NoisyBatch) -> Tensor | None:
+        """(B, T) bool mask of the positions whose NELBO integrand and training loss can be
+        non-zero, or None for all of them. The model computes logits only there (the output head
+        dominates small models); every loss and NELBO is unchanged, and FLOP accounting still
+        counts the head at every position (trainer/flops.py, the papers' convention)."""
+        return None
+
+    def nelbo(self, logits: Tensor, batch: NoisyBatch, positions: Tensor | None = None) -> Tensor:
+        """(B, T) per-token NELBO estimates for one draw of (t, z_t); their mean is unbiased. With
+        `positions`, logits are the (n, V) rows of those positions and the result is their (n,)
+        values: the other positions contribute exactly 0 (see `scored_positions`)."""
+        batch = batch if positions is None else batch.select(positions)
         out = self.nelbo_from_logprobs(self.scores(logits), batch.targets, batch.inputs,
                                        self._t(batch))
-        return out if batch.t_weight is None else out * batch.t_weight[:, None]
+        return out if batch.t_weight is None else out * batch.per_position(batch.t_weight)
 
     def loss(self, logits: Tensor, batch: NoisyBatch, kind: str | None = None,
-             normalizer: float | None = None) -> Tensor:
+             normalizer: float | None = None, positions: Tensor | None = None) -> Tensor:
         """Scalar training loss of the given kind (default: the config's resolved kind): a sum over
         this batch's loss positions divided by `normalizer` (default: their count here). Data-
         parallel ranks pass the *global* batch's count / world size, so that the average DeepSpeed
-        takes over ranks is exactly the single-process loss of the global batch."""
+        takes over ranks is exactly the single-process loss of the global batch. With `positions`
+        (a superset of the loss positions, e.g. `scored_positions`), logits are their (n, V) rows."""
         kind = kind or self.cfg.resolved_train_loss()
+        count = self.loss_count(batch, kind) if normalizer is None else normalizer   # full batch
+        batch = batch if positions is None else batch.select(positions)
         scores = F.log_softmax(logits.float(), -1) if kind == "ce" else self.scores(logits)
-        total = self._loss_sum(scores, batch, kind)
-        return total / (self.loss_count(batch, kind) if normalizer is None else normalizer)
+        return self._loss_sum(scores, batch, kind) / count
 
     def loss_count(self, batch: NoisyBatch, kind: str | None = None) -> int:
         """Number of positions the loss averages over: all of them, or the corrupted ones for 'ce'."""
@@ -199,12 +222,12 @@ class NoiseFamily(ABC):
         if self.cfg.weight_clip is not None:
             w = w.clamp_max(self.cfg.weight_clip)
         if batch.t_weight is not None:
-            w = w * batch.t_weight[:, None]
+            w = w * batch.per_position(batch.t_weight)
         return (w * d).sum()
 
     @staticmethod
     def _t(batch: NoisyBatch) -> Tensor | None:
-        return None if batch.t is None else batch.t[:, None]
+        return None if batch.t is None else batch.per_position(batch.t)
 
     def _ce_positions(self, batch: NoisyBatch) -> Tensor:
         raise ValueError(f"family {self.name!r} has no cross-entropy training loss")
@@ -235,6 +258,10 @@ class Masked(NoiseFamily):
 
     def _ce_positions(self, batch):
         # 2602.15014: unweighted cross-entropy on the corrupted (masked) positions only.
+        return batch.inputs == self.mask_id
+
+    def scored_positions(self, batch):
+        # ELBO weight and cross-entropy are both zero wherever z_t = x (unmasked)
         return batch.inputs == self.mask_id
 
 

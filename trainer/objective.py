@@ -14,17 +14,27 @@ from trainer.noise import NoiseFamily, NoisyBatch
 VAL_T_POWER = 2.0  # importance sampling of t for validation (t = u²): see noise.stratified_t
 
 
-def forward(model: nn.Module, batch: NoisyBatch) -> torch.Tensor:
-    """(B, T, V) logits. Time-conditioned models get t; others ignore it."""
+def forward(model: nn.Module, batch: NoisyBatch, positions: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, T, V) logits, or the (n, V) rows of a (B, T) bool mask `positions`. Time-conditioned
+    models get t; others ignore it."""
     time_cond = getattr(model, "module", model).cfg.time_cond     # unwrap a DeepSpeed engine
-    return model(batch.inputs, batch.t if time_cond else None)
+    t = batch.t if time_cond else None
+    return model(batch.inputs, t) if positions is None else model(batch.inputs, t, positions)
+
+
+def loss(model: nn.Module, family: NoiseFamily, batch: NoisyBatch,
+         normalizer: float | None = None) -> torch.Tensor:
+    """Training loss (scalar) of a prepared batch; logits only where the family scores (see
+    NoiseFamily.scored_positions and .loss for `normalizer`)."""
+    positions = family.scored_positions(batch)
+    return family.loss(forward(model, batch, positions), batch, normalizer=normalizer,
+                       positions=positions)
 
 
 def batch_loss(model: nn.Module, family: NoiseFamily, window: torch.Tensor,
                generator: torch.Generator | None = None) -> torch.Tensor:
     """Training loss (scalar) on one batch of clean windows (B, T + 1)."""
-    batch = family.prepare(window, generator)
-    return family.loss(forward(model, batch), batch)
+    return loss(model, family, family.prepare(window, generator))
 
 
 @torch.no_grad()
@@ -49,8 +59,10 @@ def evaluate(model: nn.Module, family: NoiseFamily, windows: np.ndarray, *, seed
         for i in range(0, x.shape[0], batch_size):
             full = family.prepare(x[i:i + batch_size], gen, t_power=VAL_T_POWER)
             batch = _rows(full, rank, world)
-            nelbo = family.nelbo(forward(model, batch), batch)        # (b, T)
-            acc += torch.tensor([nelbo.double().sum().item(), nelbo.numel()], dtype=torch.float64)
+            positions = family.scored_positions(batch)               # the rest contribute 0
+            nelbo = family.nelbo(forward(model, batch, positions), batch, positions)
+            acc += torch.tensor([nelbo.double().sum().item(), batch.targets.numel()],
+                                dtype=torch.float64)
     if world > 1:
         torch.distributed.all_reduce(acc)
     model.train(was_training)

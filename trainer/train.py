@@ -23,14 +23,14 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from trainer import checkpoint
+from trainer import checkpoint, objective
 from trainer.config import RunConfig
 from trainer.data import load_corpus, sample_batch, validation_windows
 from trainer.engine import build_engine, init_distributed, placement
 from trainer.flops import flops_for_steps, mfu, param_counts, steps_for_budget
 from trainer.model import Transformer, model_config
 from trainer.noise import build_family
-from trainer.objective import evaluate, forward
+from trainer.objective import evaluate
 from trainer.peak import matmul_peak_flops
 from trainer.tracking import STEP_UNIT, Tracker, flop_step
 
@@ -237,7 +237,7 @@ def train(cfg: RunConfig, *, progress: bool = True,
                             None if batch.t is None else batch.t[rows])
         norm = family.loss_count(batch) / world            # global normaliser: see NoiseFamily.loss
         with place.autocast:
-            loss = family.loss(forward(engine, local), local, normalizer=norm)
+            loss = objective.loss(engine, family, local, normalizer=norm)
         skipped = engine.skipped_steps
         engine.backward(loss)
         engine.step()
