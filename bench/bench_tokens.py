@@ -1,0 +1,114 @@
+"""Benchmark: training tokens/s of the small laptop sizes, every family (the numbers behind
+sweeps/recipe.py's CPU_TOKENS_PER_S), and what computing logits only where the loss is scored saves.
+
+    python -m bench.bench_tokens [--sizes L1-d8,L1-d12,...] [--families masked,uniform] [--rounds 3]
+
+Plain loop, as the calibration table is defined: Transformer + AdamW + grad clip +
+`objective.batch_loss`, 1 thread, batch 8 x 128 of the packaged corpus at BPE 512, fp32. Each round
+times `--steps` steps (after 5 warm-up steps) of every variant, interleaved so that a noisy machine
+slows them alike; a variant's step time is the median over its rounds of the per-round medians.
+
+For masked diffusion two variants run: `scored` (the trainer's path: the output head and the loss run
+only at masked positions, NoiseFamily.scored_positions) and `all` (logits at every position, the
+same loss value). The printed ratio is all / scored step time, measured in this run.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from trainer import objective
+from trainer.data import DataConfig, load_corpus, sample_batch
+from trainer.flops import train_flops_per_token
+from trainer.model import LADDER, Transformer, model_config
+from trainer.noise import NoiseConfig, build_family
+
+SMALL = ("L1-d8", "L1-d12", "L1-d16", "L2-d16", "L2-d24", "L2-d32", "L2-d48", "L2-d64")
+FAMILIES = ("autoregressive", "masked", "uniform", "interpolating")
+B, T, V = 8, 128, 512
+
+
+class Variant:
+    """One (size, family, path) training loop with its own model, optimizer and noise stream."""
+
+    def __init__(self, size: str, family: str, scored: bool, corpus):
+        self.family = build_family(NoiseConfig(family=family), V)
+        if not scored:
+            self.family.scored_positions = lambda batch: None      # logits at every position
+        torch.manual_seed(0)
+        self.model = Transformer(model_config(
+            size, vocab_size=self.family.input_vocab_size, out_vocab_size=V, seq_len=T,
+            causal=self.family.causal, time_cond=self.family.time_cond_default))
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-3, weight_decay=0.1)
+        self.batches = [torch.from_numpy(sample_batch(corpus.train, B, T, seed=0, step=i)) for i in range(8)]
+        self.fpt = train_flops_per_token(self.model.cfg)
+        self.step_no = 0
+        self.times: list[float] = []
+
+    def run(self, steps: int, timed: bool) -> None:
+        ts = []
+        for _ in range(steps):
+            window = self.batches[self.step_no % len(self.batches)]
+            gen = torch.Generator().manual_seed(self.step_no)
+            self.step_no += 1
+            t0 = time.perf_counter()
+            loss = objective.batch_loss(self.model, self.family, window, gen)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+            self.opt.step()
+            ts.append(time.perf_counter() - t0)
+        if timed:
+            self.times.append(statistics.median(ts))
+
+    @property
+    def step_s(self) -> float:
+        return statistics.median(self.times)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", default=",".join(SMALL))
+    ap.add_argument("--families", default=",".join(FAMILIES))
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=25)
+    args = ap.parse_args(argv)
+    sizes, families = args.sizes.split(","), args.families.split(",")
+    for s in sizes:
+        if s not in LADDER:
+            raise SystemExit(f"--sizes: {s!r} is not in the ladder")
+    torch.set_num_threads(1)
+    corpus = load_corpus(DataConfig(vocab_size=V))
+    print(f"tokens/s, plain loop, 1 thread, batch {B} x {T}, BPE {V}, fp32; median of {args.rounds} "
+          f"rounds x {args.steps} steps")
+    print(f"{'size':<8} {'FLOPs/tok':>9} " + " ".join(f"{f:>14}" for f in families)
+          + f" {'masked all/scored':>18}")
+    table = {}
+    for size in sizes:
+        variants = {f: Variant(size, f, True, corpus) for f in families}
+        if "masked" in families:
+            variants["masked-all"] = Variant(size, "masked", False, corpus)
+        for v in variants.values():
+            v.run(5, timed=False)
+        order = list(variants)
+        for r in range(args.rounds):
+            for name in order[r % len(order):] + order[:r % len(order)]:
+                variants[name].run(args.steps, timed=True)
+        tok = {f: B * T / variants[f].step_s for f in families}
+        table[size] = tok
+        ratio = (f"{variants['masked-all'].step_s / variants['masked'].step_s:>17.2f}x"
+                 if "masked" in families else "")
+        fpt = next(iter(variants.values())).fpt
+        print(f"{size:<8} {fpt:>9.3g} " + " ".join(f"{tok[f]:>14,.0f}" for f in families) + f" {ratio}",
+              flush=True)
+    print("\nas CPU_TOKENS_PER_S rows:")
+    for size, tok in table.items():
+        print(f'    "{size}": {{' + ", ".join(f'"{f}": {tok[f] / 1e3:.1f}e3' for f in families) + "},")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
