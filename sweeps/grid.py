@@ -67,7 +67,7 @@ def grid_runs(sweep: str, shape: Shape, grid: Grid, tokens_per_param: float) -> 
     runs = []
     for budget in grid.budgets:
         for family in grid.families:
-            sizes = grid.sizes or centred_sizes(budget, grid.sizes_per_budget, shape,
+            sizes = grid.sizes or centred_sizes(budget, grid.k_for(family), shape,
                                                 grid.ratio_for(family, tokens_per_param))
             for knob in grid.knobs if family in KNOB_FIELD else (None,):
                 for size in sizes:

@@ -38,12 +38,14 @@ DeepSpeed engine at 1.06x the plain loop at ZeRO-0 and 1.43x at ZeRO-3 for L2-d3
 Wall-time arithmetic (sum over runs of budget / (FLOPs/token x tokens/s), + 10% for evaluations,
 + 8 s start-up per trial, divided by 2 one-thread slots):
 
-    LAPTOP compute_bound  64 runs; training 883 + 1132 + 1167 + 1559 = 4741 s at budgets
-                          6e11, 8e11, 1.07e12, 1.43e12; (4741 x 1.1 + 64 x 8) / 2 = 2864 s = 48 min
-                          (the second design, D/N 125 at 8e11-2.7e12, was 47 min here and 45 min
-                          for real; see LAPTOP_TOKENS_PER_PARAM for why it was replaced)
-    QUICK compute_bound   24 runs; training 154 + 278 + 429 = 860 s at 2.5e11, 5e11, 1e12;
-                          (860 x 1.1 + 24 x 8) / 2 = 569 s = 9.5 min
+    LAPTOP compute_bound  80 runs (4 AR + 6 masked + 5 uniform + 5 interpolating sizes per budget);
+                          training 765 + 975 + 1304 + 1518 = 4562 s at budgets 6e11, 8e11,
+                          1.07e12, 1.43e12; (4562 x 1.1 + 80 x 8) / 2 = 2829 s = 47 min
+                          (the 64-run third design was 47.7 min here and 41.3 min for real; the
+                          second, D/N 125 at 8e11-2.7e12, 47 min here and 45 min for real; see
+                          LAPTOP_TOKENS_PER_PARAM for why each was replaced)
+    QUICK compute_bound   30 runs; training 143 + 257 + 456 = 856 s at 2.5e11, 5e11, 1e12;
+                          (856 x 1.1 + 30 x 8) / 2 = 591 s = 9.8 min
     LAPTOP data_bound 27 runs 15 min, noise_sweep 15 runs 7 min, hparams 4 bases x 8 trials
     12 min (at batch 8), smoke 6 runs ~0.5 min (start-up bound).
 """
@@ -66,18 +68,21 @@ CPU_TOKENS_PER_S: dict[str, dict[str, float]] = {
     # L1-d16, L2-d16 (added with LAPTOP_TOKENS_PER_PARAM) and every uniform / interpolating entry
     # (re-measured after their fused NELBO, trainer/qhat.py, 1.0-1.8x faster at widths <= 48):
     # measured the same way in a later session and scaled by that session's ratio to the rows'
-    # masked entries (1.03-1.13).
-    "L1-d8": {"autoregressive": 171.1e3, "masked": 194.1e3, "uniform": 135.1e3, "interpolating": 121.5e3},
-    "L1-d12": {"autoregressive": 171.9e3, "masked": 207.7e3, "uniform": 143.2e3, "interpolating": 139.7e3},
-    "L1-d16": {"autoregressive": 130e3, "masked": 135e3, "uniform": 137.8e3, "interpolating": 132.1e3},
-    "L2-d16": {"autoregressive": 95e3, "masked": 99e3, "uniform": 90.7e3, "interpolating": 89.8e3},
-    "L2-d24": {"autoregressive": 76.3e3, "masked": 79.9e3, "uniform": 71.6e3, "interpolating": 70.2e3},
-    "L2-d32": {"autoregressive": 65.2e3, "masked": 66.5e3, "uniform": 57.9e3, "interpolating": 57.7e3},
-    "L2-d48": {"autoregressive": 67.3e3, "masked": 71.5e3, "uniform": 54.8e3, "interpolating": 54.2e3},
-    "L2-d64": {"autoregressive": 48.9e3, "masked": 49.6e3, "uniform": 36.9e3, "interpolating": 35.9e3},
-    "L3-d80": {"autoregressive": 28.1e3, "masked": 28.2e3, "uniform": 22.2e3, "interpolating": 22.3e3},
-    "L3-d96": {"autoregressive": 24.1e3, "masked": 23.5e3, "uniform": 20.1e3, "interpolating": 19.6e3},
-    "L4-d128": {"autoregressive": 12.4e3, "masked": 12.6e3, "uniform": 10.5e3, "interpolating": 10.5e3},
+    # masked entries (1.03-1.13). Every masked entry: the earlier measurement x the speed-up of
+    # computing logits only at masked positions (NoiseFamily.scored_positions), the lower of two
+    # runs of bench/bench_tokens.py (1.61-1.89x at widths 8-12, 1.5 at 16, 1.2-1.35 at 24-64,
+    # 1.05-1.09 at 80-128).
+    "L1-d8": {"autoregressive": 171.1e3, "masked": 312.5e3, "uniform": 135.1e3, "interpolating": 121.5e3},
+    "L1-d12": {"autoregressive": 171.9e3, "masked": 353.0e3, "uniform": 143.2e3, "interpolating": 139.7e3},
+    "L1-d16": {"autoregressive": 130e3, "masked": 202.5e3, "uniform": 137.8e3, "interpolating": 132.1e3},
+    "L2-d16": {"autoregressive": 95e3, "masked": 125.7e3, "uniform": 90.7e3, "interpolating": 89.8e3},
+    "L2-d24": {"autoregressive": 76.3e3, "masked": 107.1e3, "uniform": 71.6e3, "interpolating": 70.2e3},
+    "L2-d32": {"autoregressive": 65.2e3, "masked": 78.5e3, "uniform": 57.9e3, "interpolating": 57.7e3},
+    "L2-d48": {"autoregressive": 67.3e3, "masked": 85.1e3, "uniform": 54.8e3, "interpolating": 54.2e3},
+    "L2-d64": {"autoregressive": 48.9e3, "masked": 60.0e3, "uniform": 36.9e3, "interpolating": 35.9e3},
+    "L3-d80": {"autoregressive": 28.1e3, "masked": 30.7e3, "uniform": 22.2e3, "interpolating": 22.3e3},
+    "L3-d96": {"autoregressive": 24.1e3, "masked": 25.6e3, "uniform": 20.1e3, "interpolating": 19.6e3},
+    "L4-d128": {"autoregressive": 12.4e3, "masked": 13.2e3, "uniform": 10.5e3, "interpolating": 10.5e3},
 }
 
 
@@ -135,6 +140,9 @@ class Grid:
     sizes_per_budget: int = 4
     """Ladder sizes per budget, centred on the compute-optimal FLOPs/token f*: k // 2 below it,
     the rest above (shifted inwards at the ends of the ladder)."""
+    family_sizes_per_budget: tuple[tuple[str, int], ...] = ()
+    """(family, k) pairs: that family's curves get k sizes instead of `sizes_per_budget` (a family
+    whose measured minimum is flat or noisy needs a wider curve to show it)."""
     sizes: tuple[str, ...] = ()
     """Non-empty: exactly these sizes at every budget, instead of centring on f*."""
     pool_tokens: int | None = None
@@ -149,10 +157,23 @@ class Grid:
         """Tokens per parameter the family's sizes are centred on (the recipe's `default` if unset)."""
         return dict(self.tokens_per_param).get(family, default)
 
+    def k_for(self, family: str) -> int:
+        """Sizes per budget of the family's curves."""
+        return dict(self.family_sizes_per_budget).get(family, self.sizes_per_budget)
+
     def __post_init__(self):
         object.__setattr__(self, "budgets", tuple(float(b) for b in self.budgets))
         object.__setattr__(self, "tokens_per_param",
                            tuple((str(f), float(x)) for f, x in dict(self.tokens_per_param).items()))
+        object.__setattr__(self, "family_sizes_per_budget",
+                           tuple((str(f), k) for f, k in dict(self.family_sizes_per_budget).items()))
+        for f, k in self.family_sizes_per_budget:
+            if f not in FAMILIES:
+                raise ValueError(f"family_sizes_per_budget: family {f!r} is unknown; known: "
+                                 f"{', '.join(sorted(FAMILIES))}")
+            if not isinstance(k, int) or isinstance(k, bool) or k < 2:
+                raise ValueError(f"family_sizes_per_budget: {k!r} for {f!r} must be an int >= 2 "
+                                 "(sizes on both sides of f*)")
         for f, x in self.tokens_per_param:
             if f not in FAMILIES:
                 raise ValueError(f"tokens_per_param: family {f!r} is unknown; known: "
@@ -247,19 +268,30 @@ SMOKE_SHAPE = dataclasses.replace(   # RECIPE: seconds per run (tests, end-to-en
 # L2-d16 4.615 nats; masked: 4.870, 4.759, 4.940, 4.945): ~0.15-0.3x f*, D/N ~ 600 (f* scales as
 # 1/sqrt(D/N)). At these budgets a diffusion model must train for many steps before it leaves the
 # unigram plateau, so the smallest models that can hold bigram statistics win.
-LAPTOP_TOKENS_PER_PARAM = (("autoregressive", 40.0), ("masked", 600.0), ("uniform", 600.0),
-                           ("interpolating", 600.0))
+# The third study (D/N 600 for all diffusion, 4 sizes, 6e11-1.43e12) had 11 of 16 curves interior
+# and located the minima: masked at L1-d12 at every budget (its 4-size curves at 1.07e12 and 1.43e12
+# started at L1-d12: no room below); uniform / interpolating at L1-d16 .. L2-d24, i.e. D/N ~ 200-600,
+# but with 0.05-0.1-nat zigzags next to flat bottoms. Probes at the new grid ends (November 2026):
+# masked L1-d8 4.898 at 1.07e12 and 4.869 at 1.43e12 (vs L1-d12 4.655 / 4.613); uniform L2-d24 5.092
+# and L2-d32 5.272 at 6e11, L2-d32 4.720 at 1.43e12 (vs L2-d24 4.409); interpolating L2-d24 4.971
+# and L2-d32 5.184 at 6e11, L2-d32 4.771 at 1.43e12 (vs L2-d16 4.375). Hence D/N 400 for uniform
+# and interpolating with 5 sizes, and 6 sizes for masked at D/N 600 (L1-d8 .. L2-d32 at every
+# budget): wider curves, so that a flat or noisy bottom still has a higher point on each side.
+LAPTOP_TOKENS_PER_PARAM = (("autoregressive", 40.0), ("masked", 600.0), ("uniform", 400.0),
+                           ("interpolating", 400.0))
+LAPTOP_SIZES_PER_BUDGET = (("masked", 6), ("uniform", 5), ("interpolating", 5))
 
 LAPTOP = Recipe(
     name="laptop",
     shape=LAPTOP_SHAPE,
     # RECIPE: 4 budgets 4/3 apart from 6e11 (diffusion at BPE 512 leaves the unigram level from
-    # ~5e11 at the smallest sizes), 4 sizes each (2 on each side of the family's compute-optimal
-    # size at LAPTOP_TOKENS_PER_PARAM), all four families. Diffusion's tiny optimal models cost the
-    # most wall time per FLOP (widths 8-24 train at 6-20 GFLOP/s on one thread), which holds the
-    # top budget at 1.43e12 within the hour: the span of C is only 2.4x.
+    # ~5e11 at the smallest sizes), all four families, sizes centred on each family's compute-
+    # optimal size at LAPTOP_TOKENS_PER_PARAM: 4 for autoregressive, 5-6 for diffusion
+    # (LAPTOP_SIZES_PER_BUDGET), >= 2 on each side. Diffusion's tiny optimal models cost the most
+    # wall time per FLOP (widths 8-24 train at 6-20 GFLOP/s on one thread), which holds the top
+    # budget at 1.43e12 within the hour: the span of C is only 2.4x.
     compute_bound=Grid(budgets=(6e11, 8e11, 1.07e12, 1.43e12), families=ALL_FAMILIES, knobs=(0.5,),
-                       sizes_per_budget=4,
+                       sizes_per_budget=4, family_sizes_per_budget=LAPTOP_SIZES_PER_BUDGET,
                        tokens_per_param=LAPTOP_TOKENS_PER_PARAM),
     # RECIPE: 131,072 unique tokens (~270 KB of text), repeated 8-31 epochs; 1 size below f* and 2
     # above, so the model grows with compute while the data cannot (2512.10858's token-bound regime).
@@ -282,7 +314,8 @@ QUICK = dataclasses.replace(
     LAPTOP,
     name="quick",
     compute_bound=Grid(budgets=(2.5e11, 5e11, 1e12), families=("autoregressive", "masked"),
-                       sizes_per_budget=4,      # RECIPE: the laptop's measured D/N per family
+                       sizes_per_budget=4,      # RECIPE: the laptop's measured D/N and widths
+                       family_sizes_per_budget=LAPTOP_SIZES_PER_BUDGET,
                        tokens_per_param=LAPTOP_TOKENS_PER_PARAM),
     data_bound=Grid(budgets=(3.2e11, 6.4e11, 1.28e12), families=("autoregressive", "masked"),
                     sizes_per_budget=3, pool_tokens=2**17),

@@ -178,7 +178,11 @@ def test_expansion_is_deterministic_and_ordered():
     runs = sweeps.expand("compute_bound")
     budgets = [r.train.budget_flops for r in runs]
     assert budgets == sorted(budgets)                     # budget -> family -> knob -> size
-    assert [r.noise.family for r in runs[:16:4]] == ["autoregressive", "masked", "uniform", "interpolating"]
+    first = [r for r in runs if r.train.budget_flops == budgets[0]]
+    order = [f for i, f in enumerate(r.noise.family for r in first) if i == 0 or first[i - 1].noise.family != f]
+    assert order == ["autoregressive", "masked", "uniform", "interpolating"]   # each family contiguous
+    # sizes per budget: the recipe's per-family widths (masked 6, uniform / interpolating 5, AR 4)
+    assert [sum(r.noise.family == f for r in first) for f in order] == [4, 6, 5, 5]
 
 
 def test_data_bound_repeats_a_fixed_pool_with_growing_models():
@@ -248,9 +252,9 @@ def test_selection_and_overrides_apply():
         ("L2-d32", 0.25), ("L2-d64", 0.25), ("L2-d32", 0.75), ("L2-d64", 0.75)]
     assert {r.train.budget_flops for r in runs} == {2e12}
     # budgets alone: sizes re-centred on each new budget's f* (masked: at 600 tokens per parameter,
-    # f* = 6 sqrt(4e12 / 3600) = 2.0e5 FLOPs/token, between L2-d16 and L2-d24)
+    # f* = 6 sqrt(4e12 / 3600) = 2.0e5 FLOPs/token, between L2-d16 and L2-d24; 6 sizes, 3 below)
     big = sweeps.expand("compute_bound", budgets=[4e12], families=["masked"])
-    assert [r.size for r in big] == ["L1-d16", "L2-d16", "L2-d24", "L2-d32"]
+    assert [r.size for r in big] == ["L1-d12", "L1-d16", "L2-d16", "L2-d24", "L2-d32", "L2-d48"]
     base = sweeps.expand("smoke")
     over = sweeps.expand("smoke", overrides=("train.lr=0.01", "engine.threads=2", "train.seed=7"))
     assert len(over) == len(base)
@@ -283,3 +287,16 @@ def test_lr_falls_with_width_only_above_the_reference():
     assert cluster["L6-d256"] == pytest.approx(3e-3)
     assert cluster["L12-d512"] == pytest.approx(1.5e-3)
     assert math.isclose(cluster["L36-d2560"], 3e-4)
+
+
+@pytest.mark.parametrize("field,value,needle", [
+    ("family_sizes_per_budget", (("gaussian", 5),), "gaussian"),
+    ("family_sizes_per_budget", (("masked", 1),), "family_sizes_per_budget"),
+    ("tokens_per_param", (("masked", -3.0),), "tokens_per_param"),
+])
+def test_grid_per_family_settings_are_validated(field, value, needle):
+    from sweeps.recipe import Grid
+    with pytest.raises(ValueError, match=needle):
+        Grid(budgets=(1e12,), families=("masked",), **{field: value})
+    ok = Grid(budgets=(1e12,), families=("masked", "uniform"), family_sizes_per_budget=(("masked", 6),))
+    assert (ok.k_for("masked"), ok.k_for("uniform")) == (6, 4)
