@@ -69,6 +69,14 @@ def build(args) -> list[RunConfig]:
     return configs
 
 
+def longest_first(configs: list[RunConfig]) -> list[RunConfig]:
+    """The order trials are handed to Ray: most training tokens first (on a CPU, time tracks tokens
+    more than FLOPs at small widths), so the sweep does not end on one long straggler with idle
+    slots. Stable: equal token counts keep the sweep's order."""
+    return sorted(configs, key=lambda c: -plan(c, c.data.vocab_size).steps * c.train.batch_size
+                  * c.train.seq_len)
+
+
 def _check_choices(c: RunConfig, space) -> None:
     """Every discrete value a search may propose must make a valid run too (e.g. each batch size
     divisible by engine.workers; RunConfig itself checks the sweep's own values)."""
@@ -108,9 +116,7 @@ def main(argv=None) -> int:
         done = tracking.finished(configs)
         todo = [dataclasses.replace(c, io=dataclasses.replace(c.io, parent_run_id=parent))
                 for c in configs if c.run_id() not in done]
-        # longest first (most training tokens: on a CPU, time tracks tokens more than FLOPs at
-        # small widths), so the sweep does not end on one long straggler with idle slots
-        todo.sort(key=lambda c: -plan(c, c.data.vocab_size).steps * c.train.batch_size * c.train.seq_len)
+        todo = longest_first(todo)
         print(f"sweep {name}: {len(configs)} runs, {len(done)} already finished, {len(todo)} to run "
               f"on {runner.alive_nodes(ray)} node(s); MLflow {uri} (parent run {parent})", flush=True)
         out = runner.Outcome()
