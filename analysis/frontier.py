@@ -17,6 +17,11 @@ import pandas as pd
 
 _BUDGET_GAP_LOG10 = 0.05  # final-C values closer than 12% are the same isoFLOP budget
 MIN_SIZES_PER_CURVE = 3  # a parabola has 3 coefficients
+PARABOLA_HALF_WINDOW = 2
+"""The isoFLOP parabola is fitted to the best size and up to this many sizes on each side of it. A
+curve is parabolic in ln N only near its minimum: on a wide grid the far ends (a plateau of
+under-trained large models, or a steep rise) would drag the vertex off the minimum or out of the
+grid. A curve of <= 2·k + 1 sizes around an interior best run is fitted whole."""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -51,6 +56,8 @@ class IsoFlopCurve:
     """Tokens at ``n_opt`` (C/(N·D) interpolated in ln N, so it respects our FLOP accounting)."""
     flag: str | None
     """Why the curve has no usable interior minimum, and which sizes to add; None if fine."""
+    window: tuple[float, float] = (0.0, np.inf)
+    """Smallest and largest N the parabola was fitted to (PARABOLA_HALF_WINDOW)."""
 
     @property
     def ok(self) -> bool:
@@ -123,6 +130,16 @@ def parabola_minimum(coef: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return np.where((c2 > 0) & (v >= lo) & (v <= hi), v, np.nan)
 
 
+def parabola_window(best: int, m: int) -> slice:
+    """The sizes (indices into m ascending sizes) a curve's parabola is fitted to: the best one and
+    up to PARABOLA_HALF_WINDOW on each side, at least MIN_SIZES_PER_CURVE where there are."""
+    k = PARABOLA_HALF_WINDOW
+    lo, hi = max(0, best - k), min(m, best + k + 1)
+    while hi - lo < min(m, MIN_SIZES_PER_CURVE):
+        lo, hi = (lo - 1, hi) if lo > 0 else (lo, hi + 1)
+    return slice(lo, hi)
+
+
 def _sizes_to_add(lnN: np.ndarray, side: str) -> str:
     step = float(np.mean(np.diff(lnN))) if len(lnN) > 1 else np.log(2)
     step = max(step, np.log(1.5))
@@ -148,16 +165,18 @@ def isoflop_curves(final: pd.DataFrame, group: str) -> list[IsoFlopCurve]:
         D, C = per["D"].to_numpy(float), per["C"].to_numpy(float)
         lnN = np.log(N)
         center = float(lnN.mean())
-        coef, n_opt, d_opt, flag = None, np.nan, np.nan, None
+        coef, n_opt, d_opt, flag, window = None, np.nan, np.nan, None, (N[0], N[-1])
         where = f"{group} at C={budget:.3g}"
         if len(N) < MIN_SIZES_PER_CURVE:
             flag = (f"{where}: {len(N)} size(s), an isoFLOP parabola needs >= "
                     f"{MIN_SIZES_PER_CURVE}; add sizes around N={N[np.argmin(loss)]:.3g}")
         else:
-            c = fit_parabolas(lnN - center, loss, np.ones((1, len(N))))[0]
-            coef = tuple(float(x) for x in c)
             best = int(np.argmin(loss))
-            u = parabola_minimum(c[None], lnN[0] - center, lnN[-1] - center)[0]
+            near = parabola_window(best, len(N))
+            window = (float(N[near][0]), float(N[near][-1]))
+            c = fit_parabolas(lnN[near] - center, loss[near], np.ones((1, len(N[near]))))[0]
+            coef = tuple(float(x) for x in c)
+            u = parabola_minimum(c[None], lnN[near][0] - center, lnN[near][-1] - center)[0]
             if best in (0, len(N) - 1):
                 side = "small" if best == 0 else "large"
                 flag = (f"{where}: no interior minimum, best run is the {side}est size "
@@ -170,5 +189,6 @@ def isoflop_curves(final: pd.DataFrame, group: str) -> list[IsoFlopCurve]:
                 ratio = np.exp(np.interp(u + center, lnN, np.log(C / (N * D))))
                 d_opt = float(budget / (ratio * n_opt))
         curves.append(IsoFlopCurve(group=group, budget=float(budget), N=N, D=D, loss=loss,
-                                   coef=coef, center=center, n_opt=n_opt, d_opt=d_opt, flag=flag))
+                                   coef=coef, center=center, n_opt=n_opt, d_opt=d_opt, flag=flag,
+                                   window=window))
     return curves

@@ -233,6 +233,7 @@ def fit_allocation(final: pd.DataFrame, group: str, curves: list[IsoFlopCurve], 
         logd = np.full((n_boot, len(good)), np.nan)
         for j, c in enumerate(good):
             runs = g[np.isclose(budget, c.budget, rtol=1e-9)]
+            runs = runs[runs["N"].between(*c.window)]             # the sizes the parabola uses
             u = np.log(runs["N"].to_numpy(float)) - c.center
             lnr = np.log(runs["C"].to_numpy(float) / (runs["N"] * runs["D"]).to_numpy(float))
             w = rng.multinomial(len(runs), np.full(len(runs), 1 / len(runs)), size=n_boot)

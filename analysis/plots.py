@@ -100,7 +100,7 @@ def plot_isoflops(g: GroupFit, path: Path) -> Path:
         color = f"C{i % 10}"
         ax.plot(c.N, c.loss, "o", color=color, ms=4, label=f"C={c.budget:.2g}")
         if c.coef is not None:
-            u = np.linspace(np.log(c.N[0]), np.log(c.N[-1]), 100) - c.center
+            u = np.linspace(np.log(c.window[0]), np.log(c.window[1]), 100) - c.center
             ax.plot(np.exp(u + c.center), np.polyval(c.coef[::-1], u), color=color,
                     ls="-" if c.ok else "--", lw=1)
         if c.ok:

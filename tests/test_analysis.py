@@ -290,3 +290,21 @@ def test_cli_unknown_family_is_named(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "unknown family 'diffusionish'" in err and "masked" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_isoflop_parabola_is_fitted_near_the_minimum_of_a_lopsided_curve():
+    # Six sizes 2x apart: a parabola in ln N around the best size (index 1), then a plateau of
+    # under-trained large models. A parabola through all six sizes is concave-bent by the plateau and
+    # loses its interior vertex; the windowed fit (best size ± 2) recovers the planted minimum.
+    N = 1e4 * 2.0 ** np.arange(6)
+    u0 = np.log(N[1]) + 0.1                              # planted optimum, just above the 2nd size
+    loss = 4.0 + 0.3 * (np.log(N) - u0) ** 2
+    loss[3:] = [4.5, 4.52, 4.53]                          # the plateau (a parabola would keep rising)
+    raw = pd.DataFrame({"family": "lopsided", "N": N, "D": 1e12 / (6 * N), "C": 1e12, "loss": loss,
+                        "budget": 1e12, "run_id": [f"r{i}" for i in range(6)]})
+    whole = np.polyfit(np.log(N), loss, 2)
+    assert not (whole[0] > 0 and np.log(N[0]) <= -whole[1] / (2 * whole[0]) <= np.log(N[-1]))
+    (curve,) = isoflop_curves(_final(raw), "lopsided")
+    assert curve.ok, curve.flag
+    assert curve.window == (N[0], N[3])                   # best index 1: sizes 0..3
+    assert np.log(curve.n_opt) == pytest.approx(u0, abs=0.05)
