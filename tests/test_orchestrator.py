@@ -276,8 +276,9 @@ def test_two_workers_per_trial_train_through_ray_train_like_one_rank(tmp_path):
     splitting the global batch optimise the same objective as one (global loss normaliser), so the
     same run on one rank ends at the same validation NELBO up to float summation order."""
     t0 = time.perf_counter()
+    # 1.1e10 FLOPs (~1 s of training per run): the comparison needs no longer runs than that
     proc = orchestrate(tmp_path, "smoke", "--families", "autoregressive", "--sizes", "L2-d24,L2-d32",
-                       "--set", "engine.workers=2", "--set", "engine.zero_stage=3")
+                       "--budgets", "1.1e10", "--set", "engine.workers=2", "--set", "engine.zero_stage=3")
     wall = time.perf_counter() - t0
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "2 finished" in proc.stdout and "0 failed" in proc.stdout
