@@ -3,8 +3,9 @@ sweeps/recipe.py's CPU_TOKENS_PER_S), and what computing logits only where the l
 
     python -m bench.bench_tokens [--sizes L1-d8,L1-d12,...] [--families masked,uniform] [--rounds 3]
 
-Plain loop, as the calibration table is defined: Transformer + AdamW + grad clip +
-`objective.batch_loss`, 1 thread, batch 8 x 128 of the packaged corpus at BPE 512, fp32. Each round
+Plain loop, as the calibration table is defined: bench.bench_train's reference loop (Transformer +
+the engine's AdamW param groups + LR schedule + grad clip + `objective.batch_loss`), 1 thread, batch
+8 x 128 of the packaged corpus at BPE 512, fp32. Each round
 times `--steps` steps (after 5 warm-up steps) of every variant, interleaved so that a noisy machine
 slows them alike; a variant's step time is the median over its rounds of the per-round medians.
 
@@ -20,10 +21,11 @@ import time
 
 import torch
 
-from trainer import objective
+from bench.bench_train import plain_stepper
+from trainer.config import TrainConfig
 from trainer.data import DataConfig, load_corpus, sample_batch
 from trainer.flops import train_flops_per_token
-from trainer.model import LADDER, Transformer, model_config
+from trainer.model import LADDER, model_config
 from trainer.noise import NoiseConfig, build_family
 
 SMALL = ("L1-d8", "L1-d12", "L1-d16", "L2-d16", "L2-d24", "L2-d32", "L2-d48", "L2-d64")
@@ -34,33 +36,25 @@ B, T, V = 8, 128, 512
 class Variant:
     """One (size, family, path) training loop with its own model, optimizer and noise stream."""
 
-    def __init__(self, size: str, family: str, scored: bool, corpus):
-        self.family = build_family(NoiseConfig(family=family), V)
+    def __init__(self, size: str, family: str, scored: bool, corpus, total_steps: int):
+        fam = build_family(NoiseConfig(family=family), V)
         if not scored:
-            self.family.scored_positions = lambda batch: None      # logits at every position
-        torch.manual_seed(0)
-        self.model = Transformer(model_config(
-            size, vocab_size=self.family.input_vocab_size, out_vocab_size=V, seq_len=T,
-            causal=self.family.causal, time_cond=self.family.time_cond_default))
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-3, weight_decay=0.1)
-        self.batches = [torch.from_numpy(sample_batch(corpus.train, B, T, seed=0, step=i)) for i in range(8)]
-        self.fpt = train_flops_per_token(self.model.cfg)
+            fam.scored_positions = lambda batch: None      # logits at every position
+        mcfg = model_config(size, vocab_size=fam.input_vocab_size, out_vocab_size=V, seq_len=T,
+                            causal=fam.causal, time_cond=fam.time_cond_default)
+        batches = [torch.from_numpy(sample_batch(corpus.train, B, T, seed=0, step=i)) for i in range(8)]
+        self.step, _ = plain_stepper(mcfg, TrainConfig(batch_size=B, seq_len=T), fam, batches, total_steps)
+        self.fpt = train_flops_per_token(mcfg)
         self.step_no = 0
         self.times: list[float] = []
 
     def run(self, steps: int, timed: bool) -> None:
         ts = []
         for _ in range(steps):
-            window = self.batches[self.step_no % len(self.batches)]
-            gen = torch.Generator().manual_seed(self.step_no)
-            self.step_no += 1
             t0 = time.perf_counter()
-            loss = objective.batch_loss(self.model, self.family, window, gen)
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
-            self.opt.step()
+            self.step(self.step_no)
             ts.append(time.perf_counter() - t0)
+            self.step_no += 1
         if timed:
             self.times.append(statistics.median(ts))
 
@@ -87,10 +81,11 @@ def main(argv=None) -> int:
     print(f"{'size':<8} {'FLOPs/tok':>9} " + " ".join(f"{f:>14}" for f in families)
           + f" {'masked all/scored':>18}")
     table = {}
+    total = 5 + args.rounds * args.steps
     for size in sizes:
-        variants = {f: Variant(size, f, True, corpus) for f in families}
+        variants = {f: Variant(size, f, True, corpus, total) for f in families}
         if "masked" in families:
-            variants["masked-all"] = Variant(size, "masked", False, corpus)
+            variants["masked-all"] = Variant(size, "masked", False, corpus, total)
         for v in variants.values():
             v.run(5, timed=False)
         order = list(variants)
