@@ -256,13 +256,12 @@ class Masked(NoiseFamily):
         nll = -log_probs.gather(-1, x[..., None]).squeeze(-1)
         return w.expand_as(nll), nll
 
-    def _ce_positions(self, batch):
-        # 2602.15014: unweighted cross-entropy on the corrupted (masked) positions only.
-        return batch.inputs == self.mask_id
-
     def scored_positions(self, batch):
         # ELBO weight and cross-entropy are both zero wherever z_t = x (unmasked)
         return batch.inputs == self.mask_id
+
+    # 2602.15014: unweighted cross-entropy on the corrupted (masked) positions only.
+    _ce_positions = scored_positions
 
 
 class Uniform(NoiseFamily):
