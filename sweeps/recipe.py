@@ -161,25 +161,24 @@ class Grid:
         """Sizes per budget of the family's curves."""
         return dict(self.family_sizes_per_budget).get(family, self.sizes_per_budget)
 
+    def _per_family(self, name: str, valid, what: str, cast=lambda v: v) -> None:
+        """Normalise a (family, value) pairs field to a tuple; ValueError naming the field, an
+        unknown family or a bad value."""
+        pairs = tuple((str(f), cast(v)) for f, v in dict(getattr(self, name)).items())
+        object.__setattr__(self, name, pairs)
+        for f, v in pairs:
+            if f not in FAMILIES:
+                raise ValueError(f"{name}: family {f!r} is unknown; known: {', '.join(sorted(FAMILIES))}")
+            if not valid(v):
+                raise ValueError(f"{name}: {v!r} for {f!r} must be {what}")
+
     def __post_init__(self):
         object.__setattr__(self, "budgets", tuple(float(b) for b in self.budgets))
-        object.__setattr__(self, "tokens_per_param",
-                           tuple((str(f), float(x)) for f, x in dict(self.tokens_per_param).items()))
-        object.__setattr__(self, "family_sizes_per_budget",
-                           tuple((str(f), k) for f, k in dict(self.family_sizes_per_budget).items()))
-        for f, k in self.family_sizes_per_budget:
-            if f not in FAMILIES:
-                raise ValueError(f"family_sizes_per_budget: family {f!r} is unknown; known: "
-                                 f"{', '.join(sorted(FAMILIES))}")
-            if not isinstance(k, int) or isinstance(k, bool) or k < 2:
-                raise ValueError(f"family_sizes_per_budget: {k!r} for {f!r} must be an int >= 2 "
-                                 "(sizes on both sides of f*)")
-        for f, x in self.tokens_per_param:
-            if f not in FAMILIES:
-                raise ValueError(f"tokens_per_param: family {f!r} is unknown; known: "
-                                 f"{', '.join(sorted(FAMILIES))}")
-            if not (x > 0 and math.isfinite(x)):
-                raise ValueError(f"tokens_per_param: {x!r} for {f!r} must be a positive finite number")
+        self._per_family("tokens_per_param", lambda x: x > 0 and math.isfinite(x),
+                         "a positive finite number", cast=float)
+        self._per_family("family_sizes_per_budget",
+                         lambda k: isinstance(k, int) and not isinstance(k, bool) and k >= 2,
+                         "an int >= 2 (sizes on both sides of f*)")
         for name in ("families", "knobs", "sizes"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         if not self.budgets:
