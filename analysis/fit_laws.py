@@ -59,6 +59,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.from_table is not None:
             final, dropped = load.load_table(args.from_table)
             name = args.experiment or args.from_table.stem
+            if dropped.duplicate:
+                print(f"note: table {str(args.from_table)!r}: dropped {dropped.duplicate} "
+                      "duplicate row(s) (same family, knob, N, D, C, loss and budget as an earlier "
+                      "row); each point is fitted once", file=sys.stderr)
         else:
             runs = load.load_runs(args.experiment, args.tracking_uri)
             final, dropped = load.final_points(runs, n_column=args.n_column)

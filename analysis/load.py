@@ -19,6 +19,12 @@ from analysis.schema import AnalysisError
 _PAGE = 1000  # search_runs page size (the server caps pages anyway)
 _BULK_CHUNK = 200  # run ids per bulk metric query (keeps the SQL IN list short)
 _BULK_MAX = 10_000_000  # rows per bulk query; hitting it means truncation -> per-run fallback
+_SNIFF_BYTES = 8192  # bytes of a --from-table file inspected before parsing (empty? binary?)
+_PARQUET_MAGIC = b"PAR1"
+# A duplicate row of a table: the same values in every column a fit uses (run_id aside, which a
+# table without one gets per row). Kept once: a copy would weigh that point twice and, as an extra
+# "run" in the bootstrap, narrow every interval as if it were an independent measurement.
+_DUPLICATE_KEY = ["group", "N", "D", "C", "loss", "budget"]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -32,7 +38,8 @@ class DropCounts:
     nan: int = 0
     """Runs whose final loss, N, D or C is missing, non-finite or <= 0 (diverged, no eval)."""
     duplicate: int = 0
-    """Extra MLflow runs of one dlm.run_id (a resumed job); the finished, longest one is kept."""
+    """Extra MLflow runs of one dlm.run_id (a resumed job; the finished, longest one is kept), or
+    rows of a table repeating another row's values (the first is kept)."""
 
     @property
     def total(self) -> int:
@@ -208,13 +215,35 @@ def load_table(path: str | Path) -> tuple[pd.DataFrame, DropCounts]:
     """A CSV or parquet of final results -> (``schema.FINAL_COLUMNS`` table, dropped rows).
 
     Needs columns family, N, loss and D or C (see ``schema.TABLE_REQUIRED``); the missing one of D/C
-    follows from C = 6·N·D. Raises :class:`AnalysisError` naming any missing column.
+    follows from C = 6·N·D. Raises :class:`AnalysisError` naming the file when it is missing, a
+    directory, empty or unreadable (binary, not CSV), and naming any missing column.
     """
     path = Path(path)
+    where = f"table {str(path)!r}"
     if not path.exists():
-        raise AnalysisError(f"table {str(path)!r} does not exist")
-    raw = pd.read_parquet(path) if path.suffix in (".parquet", ".pq") else pd.read_csv(path)
-    return table_from_frame(raw, source=f"table {str(path)!r}")
+        raise AnalysisError(f"{where} does not exist")
+    if not path.is_file():
+        raise AnalysisError(f"{where} is a directory (or not a regular file); give a CSV or "
+                            "parquet file")
+    with open(path, "rb") as fh:
+        head = fh.read(_SNIFF_BYTES)
+    if not head.strip():
+        raise AnalysisError(f"{where} is empty")
+    # Parquet by its magic bytes as well as its suffix: a parquet file named .csv is still read.
+    is_parquet = path.suffix in (".parquet", ".pq") or head.startswith(_PARQUET_MAGIC)
+    if not is_parquet and b"\0" in head:
+        raise AnalysisError(f"{where} is a binary file, not CSV text (NUL bytes in its first "
+                            f"{len(head)} bytes); give a CSV or parquet file")
+    try:
+        raw = pd.read_parquet(path) if is_parquet else pd.read_csv(path)
+    except (ValueError, OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        # UnicodeDecodeError and pyarrow's ArrowInvalid are ValueErrors.
+        kind = "parquet" if is_parquet else "CSV"
+        raise AnalysisError(f"{where} could not be read as {kind}: {type(e).__name__}: "
+                            f"{str(e).splitlines()[0] if str(e) else ''}") from None
+    if raw.empty:
+        raise AnalysisError(f"{where} has no rows (columns: {', '.join(map(str, raw.columns))})")
+    return table_from_frame(raw, source=where)
 
 
 def table_from_frame(raw: pd.DataFrame, source: str = "table") -> tuple[pd.DataFrame, DropCounts]:
@@ -243,7 +272,9 @@ def table_from_frame(raw: pd.DataFrame, source: str = "table") -> tuple[pd.DataF
         "budget": pd.to_numeric(raw["budget"], errors="coerce") if "budget" in raw else np.nan,
     })
     table, nan = _drop_bad(table)
-    return table, DropCounts(nan=nan)
+    dup = table.duplicated(_DUPLICATE_KEY, keep="first")
+    table = table[~dup].reset_index(drop=True)
+    return table, DropCounts(nan=nan, duplicate=int(dup.sum()))
 
 
 def _drop_bad(table: pd.DataFrame) -> tuple[pd.DataFrame, int]:
