@@ -13,11 +13,13 @@ Exit codes: 0 ok, 2 bad input (nothing fitted), 3 no law could be fitted (output
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
 
 from analysis import load, plots, report
+from analysis.frontier import C_BIN_TOL_DEX
 from analysis.schema import AnalysisError
 from analysis.study import fit_study, select_groups
 from trainer.tracking import resolve_uri
@@ -41,6 +43,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n-column", choices=("n_total", "n_nonembed"), default="n_total",
                    help="parameter count used as N for MLflow runs")
+    p.add_argument("--c-bin-tol", type=float, default=C_BIN_TOL_DEX, metavar="DEX",
+                   help="runs without a budget (a table with no 'budget' column) are grouped into "
+                        "isoFLOP budgets by binning log10 C: a bin is split at its widest gap "
+                        "until it spans at most DEX decades (default %(default)s dex, a factor "
+                        f"{10 ** C_BIN_TOL_DEX:.2f}); 0 = every distinct C is its own budget")
+    p.add_argument("--drop-worst", type=int, default=0, metavar="K",
+                   help="leave out each group's K highest-loss points before fitting (outliers of "
+                        "an extracted table, as the Chinchilla replication did); default 0")
     args = p.parse_args(argv)
     if args.from_table is None:
         args.tracking_uri = resolve_uri(args.tracking_uri)      # the same store the trainer writes
@@ -48,6 +58,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("give --experiment or --from-table")
     if args.bootstrap < 0:
         p.error("--bootstrap must be >= 0")
+    if not (args.c_bin_tol >= 0 and args.c_bin_tol < float("inf")):   # NaN fails both
+        p.error(f"--c-bin-tol must be a finite number of decades >= 0, got {args.c_bin_tol}")
+    if args.drop_worst < 0:
+        p.error(f"--drop-worst must be >= 0, got {args.drop_worst}")
     return args
 
 
@@ -67,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
             runs = load.load_runs(args.experiment, args.tracking_uri)
             final, dropped = load.final_points(runs, n_column=args.n_column)
             name = args.experiment
+        final, worst = load.drop_worst(final, args.drop_worst)
+        dropped = dataclasses.replace(dropped, worst=worst)
         if final.empty:
             d = dropped
             raise AnalysisError(f"{name}: no usable runs (dropped: failed {d.failed}, unfinished "
@@ -77,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
 
     study = fit_study(final, dropped, families=args.families, n_boot=args.bootstrap,
-                      seed=args.seed)
+                      seed=args.seed, c_bin_tol=args.c_bin_tol)
     out = args.out or Path("out") / "fits" / name
     out.mkdir(parents=True, exist_ok=True)
     written = []
@@ -87,7 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     written.append(load.write_parquet(report.fits_table(study), out / "fits.parquet"))
     (out / "fits.json").write_text(json.dumps(report.fits_json(study), indent=1))
     written.append(out / "fits.json")
-    written += plots.write_plots(study, final, out, runs=runs)
+    # A foreign table's loss is whatever its source measured; ours is always the validation NELBO.
+    loss_label = plots.NELBO_LABEL if runs is not None else "loss"
+    written += plots.write_plots(study, final, out, runs=runs, loss_label=loss_label)
 
     print(report.format_table(study))
     print(f"\nwrote {len(written)} files to {out}")

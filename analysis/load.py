@@ -40,6 +40,8 @@ class DropCounts:
     duplicate: int = 0
     """Extra MLflow runs of one dlm.run_id (a resumed job; the finished, longest one is kept), or
     rows of a table repeating another row's values (the first is kept)."""
+    worst: int = 0
+    """Points left out on request (``--drop-worst K``: each group's K highest losses)."""
 
     @property
     def total(self) -> int:
@@ -284,6 +286,20 @@ def _drop_bad(table: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     out["knob"] = out["knob"].astype(float)
     out.insert(1, "group", [S.group_label(f, k) for f, k in zip(out["family"], out["knob"])])
     return out.reset_index(drop=True)[list(S.FINAL_COLUMNS)], int((~ok).sum())
+
+
+def drop_worst(final: pd.DataFrame, k: int) -> tuple[pd.DataFrame, int]:
+    """``final`` without each group's ``k`` highest-loss points, and how many were removed.
+
+    Besiroglu et al. 2024 (the Chinchilla replication) left the highest-loss points of their
+    extraction out of the fit: runs far above the rest are broken or mis-read, and the near-L1 Huber
+    loss limits but does not remove their pull. Per group, so one family's outliers do not cost
+    another family its runs.
+    """
+    if k <= 0:
+        return final, 0
+    worst = final.sort_values("loss", ascending=False, kind="stable").groupby("group").head(k)
+    return final.drop(index=worst.index).reset_index(drop=True), len(worst)
 
 
 def write_parquet(df: pd.DataFrame, path: str | Path) -> Path:

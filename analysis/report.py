@@ -105,8 +105,9 @@ def format_table(study: StudyFit) -> str:
     if notes:
         out += ["", "notes:"] + [f"  {m}" for m in notes]
     d = study.dropped
+    worst = f", highest-loss (--drop-worst) {d.worst}" if d.worst else ""
     out += ["", f"dropped runs: {d.total} (failed {d.failed}, unfinished {d.unfinished}, "
-                f"NaN/invalid {d.nan}, duplicate {d.duplicate})"]
+                f"NaN/invalid {d.nan}, duplicate {d.duplicate}{worst})"]
     return "\n".join(out)
 
 
