@@ -34,6 +34,12 @@ def _loss_axis(ax) -> None:
     ax.yaxis.set_minor_formatter(plain)  # a loss range rarely contains a power of ten
 
 
+def _unidentified(fit) -> str:
+    """Legend text for a law with parameters the data does not pin down."""
+    names = ", ".join(k for k, e in fit.params.items() if e.flag)
+    return f"{names} not identified by these runs"
+
+
 def _c_grid(study: StudyFit) -> np.ndarray:
     return np.logspace(np.log10(study.c_range[0]), np.log10(study.c_range[1]), 200)
 
@@ -66,6 +72,9 @@ def plot_group(g: GroupFit, study: StudyFit, final: pd.DataFrame, runs: pd.DataF
         label = (f"A·C^-β + B: β={p['beta'].value:.3g}, B={p['B'].value:.3g} "
                  f"(95% band)")
         _draw_law(ax, g, _c_grid(study), "C0", label)
+        if g.compute.flags:
+            ax.text(0.02, 0.02, _unidentified(g.compute), transform=ax.transAxes, fontsize=7,
+                    color="C3", va="bottom")
     _loss_axis(ax)
     ax.set(xscale="log", xlabel="training compute C (FLOPs)",
            ylabel=loss_label, title=f"{g.group}: loss vs compute")
@@ -81,7 +90,8 @@ def plot_pareto(study: StudyFit, path: Path, loss_label: str = NELBO_LABEL) -> P
     for i, g in enumerate(study.groups):
         color = f"C{i % 10}"
         ax.plot(g.frontier.C, g.frontier.loss, "o", color=color, ms=4)
-        _draw_law(ax, g, grid, color, g.group)
+        _draw_law(ax, g, grid, color, g.group + (" (" + _unidentified(g.compute) + ")"
+                                                 if g.compute and g.compute.flags else ""))
         if g.compute is None:
             ax.plot(g.frontier.C, g.frontier.loss, "-", color=color, lw=1,
                     label=f"{g.group} (no fit)")
