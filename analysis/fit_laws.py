@@ -2,11 +2,15 @@
 
     python -m analysis.fit_laws --experiment compute_bound [--tracking-uri URI] [--out DIR]
         [--families masked uniform] [--bootstrap 1000] [--seed 0]
-    python -m analysis.fit_laws --from-table results.csv [--experiment NAME] ...
+        [--preset NAME | --sweep-id ID] [--all-studies]
+    python -m analysis.fit_laws --from-table results.csv [--experiment NAME]
+        [--c-bin-tol DEX] [--drop-worst K] ...
 
-Prints the fit table, writes runs.parquet (MLflow source), final.parquet, fits.parquet, fits.json
-and PNG plots to --out (default out/fits/<experiment or table name>), and, when the runs came from
-MLflow, attaches those files to the sweep's latest parent run under artifacts ``fits/``.
+From MLflow it fits ONE study by default, the latest parent run's (see analysis/studies.py), and
+prints which one and how many runs of the experiment it left out. Prints the fit table, writes
+runs.parquet (MLflow source), final.parquet, fits.parquet, fits.json and PNG plots to --out
+(default out/fits/<experiment or table name>), and, when the runs came from MLflow, attaches those
+files to the fitted study's parent run under artifacts ``fits/``.
 Exit codes: 0 ok, 2 bad input (nothing fitted), 3 no law could be fitted (outputs still written).
 """
 
@@ -43,6 +47,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n-column", choices=("n_total", "n_nonembed"), default="n_total",
                    help="parameter count used as N for MLflow runs")
+    p.add_argument("--preset", default=None,
+                   help="MLflow: fit the latest study made with this preset (tag dlm.preset)")
+    p.add_argument("--sweep-id", default=None,
+                   help="MLflow: fit the study with this sweep id (tag dlm.sweep_id; a unique "
+                        "prefix will do, e.g. the 6 characters in the parent run's name)")
+    p.add_argument("--all-studies", action="store_true",
+                   help="MLflow: pool every study of the experiment (or every one matching "
+                        "--preset / --sweep-id) instead of the latest; by default runs of other "
+                        "studies (another preset, another grid) are left out and counted")
     p.add_argument("--c-bin-tol", type=float, default=C_BIN_TOL_DEX, metavar="DEX",
                    help="runs without a budget (a table with no 'budget' column) are grouped into "
                         "isoFLOP budgets by binning log10 C: a bin is split at its widest gap "
@@ -56,6 +69,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.tracking_uri = resolve_uri(args.tracking_uri)      # the same store the trainer writes
     if args.experiment is None and args.from_table is None:
         p.error("give --experiment or --from-table")
+    if args.from_table is not None and (args.preset or args.sweep_id or args.all_studies):
+        p.error("--preset, --sweep-id and --all-studies select MLflow studies; a --from-table "
+                "table is used whole")
     if args.bootstrap < 0:
         p.error("--bootstrap must be >= 0")
     if not (args.c_bin_tol >= 0 and args.c_bin_tol < float("inf")):   # NaN fails both
@@ -67,7 +83,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    runs = None
+    runs = selection = None
     try:
         # Everything that can reject the input runs before any fitting.
         if args.from_table is not None:
@@ -78,7 +94,10 @@ def main(argv: list[str] | None = None) -> int:
                       "duplicate row(s) (same family, knob, N, D, C, loss and budget as an earlier "
                       "row); each point is fitted once", file=sys.stderr)
         else:
-            runs = load.load_runs(args.experiment, args.tracking_uri)
+            choice = load.StudyChoice(preset=args.preset, sweep_id=args.sweep_id,
+                                      all_studies=args.all_studies)
+            runs, selection = load.load_study(args.experiment, args.tracking_uri, choice)
+            print("\n".join(selection.describe()))
             final, dropped = load.final_points(runs, n_column=args.n_column)
             name = args.experiment
         final, worst = load.drop_worst(final, args.drop_worst)
@@ -101,7 +120,10 @@ def main(argv: list[str] | None = None) -> int:
         written.append(load.write_parquet(runs, out / "runs.parquet"))
     written.append(load.write_parquet(final, out / "final.parquet"))
     written.append(load.write_parquet(report.fits_table(study), out / "fits.parquet"))
-    (out / "fits.json").write_text(json.dumps(report.fits_json(study), indent=1))
+    doc = report.fits_json(study)
+    if selection is not None:
+        doc["selection"] = selection.as_dict()
+    (out / "fits.json").write_text(json.dumps(doc, indent=1))
     written.append(out / "fits.json")
     # A foreign table's loss is whatever its source measured; ours is always the validation NELBO.
     loss_label = plots.NELBO_LABEL if runs is not None else "loss"
@@ -109,15 +131,17 @@ def main(argv: list[str] | None = None) -> int:
 
     print(report.format_table(study))
     print(f"\nwrote {len(written)} files to {out}")
-    if runs is not None:
-        _attach(args.experiment, args.tracking_uri, written)
+    if selection is not None:
+        _attach(args.experiment, args.tracking_uri, written, selection)
     return 0 if study.any_law else EXIT_NOTHING_FITTED
 
 
-def _attach(experiment: str, tracking_uri: str | None, files: list[Path]) -> None:
+def _attach(experiment: str, tracking_uri: str | None, files: list[Path],
+            selection: load.Selection) -> None:
     from mlflow import MlflowClient
 
-    parent = load.latest_parent_run_id(experiment, tracking_uri)
+    # The fitted study's parent (the latest one when studies are pooled), not simply the latest.
+    parent = selection.parents[0] if selection.parents else None
     if parent is None:
         print(f"note: experiment {experiment!r} has no parent run (tag dlm.role=parent); "
               "nothing attached", file=sys.stderr)

@@ -14,7 +14,9 @@ import numpy as np
 import pandas as pd
 
 from analysis import schema as S
+from analysis import studies
 from analysis.schema import AnalysisError
+from analysis.studies import Selection, StudyChoice
 
 _PAGE = 1000  # search_runs page size (the server caps pages anyway)
 _BULK_CHUNK = 200  # run ids per bulk metric query (keeps the SQL IN list short)
@@ -158,11 +160,28 @@ def load_runs(experiment: str, tracking_uri: str | None = None, *, bulk: bool = 
     evaluated gets one row with NaN metrics so the drop counters still see it. Raises
     :class:`AnalysisError` if the experiment does not exist or has no trial runs.
     """
+    return load_study(experiment, tracking_uri, StudyChoice(all_studies=True), bulk=bulk)[0]
+
+
+def load_study(experiment: str, tracking_uri: str | None = None,
+               choice: StudyChoice = StudyChoice(), *, bulk: bool = True
+               ) -> tuple[pd.DataFrame, Selection]:
+    """:func:`load_runs` restricted to the study ``choice`` names (default: the latest parent
+    run's), and the :class:`~analysis.studies.Selection` saying which runs that is."""
     client = _client(tracking_uri)
-    runs = _search_all(client, _experiment_id(client, experiment), S.ROLE_TRIAL)
+    exp_id = _experiment_id(client, experiment)
+    runs = _search_all(client, exp_id, S.ROLE_TRIAL)
     if not runs:
         raise AnalysisError(f"MLflow experiment {experiment!r} has no trial runs "
                             f"(tag {S.TAG_ROLE}={S.ROLE_TRIAL})")
+    runs, selection = studies.select(client, exp_id, experiment, runs, choice)
+    if not runs:
+        raise AnalysisError(f"MLflow experiment {experiment!r}: {selection.label} has no trial "
+                            "runs yet")
+    return _runs_frame(client, runs, bulk), selection
+
+
+def _runs_frame(client, runs: list, bulk: bool) -> pd.DataFrame:
     meta = _run_meta(runs)
     hist = _histories(client, meta["mlflow_run_id"].tolist(), bulk=bulk)
 
