@@ -32,6 +32,9 @@ class Crossover:
     c_range: tuple[float, float]
     n_crossings: int
     """Sign changes of the point fits' difference in range (two power laws can cross twice)."""
+    flag: str | None = None
+    """Set when either L(C) has a parameter the data does not identify: the crossover is a
+    prediction derived from it."""
 
     @property
     def crosses(self) -> bool:
@@ -42,12 +45,14 @@ class Crossover:
         other = self.b if self.lower_above == self.a else self.a
         rng = f"[{self.c_range[0]:.3g}, {self.c_range[1]:.3g}] FLOPs"
         if not self.crosses:
+            flag = f"; {self.flag}" if self.flag else ""
             return (f"{self.a} vs {self.b}: no crossover in range {rng}; {self.lower_above} is "
-                    f"lower throughout ({self.frac:.0%} of bootstrap draws cross)")
+                    f"lower throughout ({self.frac:.0%} of bootstrap draws cross{flag})")
         ci = f" [{self.lo:.3g}, {self.hi:.3g}]" if np.isfinite(self.lo) else ""
         more = f"; first of {self.n_crossings} crossings" if self.n_crossings > 1 else ""
+        flag = f"; {self.flag}" if self.flag else ""
         return (f"{self.lower_above} beats {other} above C = {self.c:.3g}{ci} FLOPs "
-                f"({self.frac:.0%} of bootstrap draws cross in {rng}{more})")
+                f"({self.frac:.0%} of bootstrap draws cross in {rng}{more}{flag})")
 
 
 def _first_crossing(logc: np.ndarray, diff: np.ndarray
@@ -90,7 +95,13 @@ def crossover(fa: LawFit, fb: LawFit, c_range: tuple[float, float]) -> Crossover
             lo, hi = np.exp(np.percentile(xb[crossed], q))
     return Crossover(a=fa.group, b=fb.group, c=float(np.exp(x[0])), lo=float(lo), hi=float(hi),
                      frac=frac, lower_above=fa.group if sign[0] < 0 else fb.group,
-                     c_range=(float(c_range[0]), float(c_range[1])), n_crossings=int(count[0]))
+                     c_range=(float(c_range[0]), float(c_range[1])), n_crossings=int(count[0]),
+                     flag=_derived_flag(fa, fb))
+
+
+def _derived_flag(*fits: LawFit) -> str | None:
+    bad = [f"{f.group} L(C) {k}" for f in fits for k, e in f.params.items() if e.flag]
+    return f"derived from {', '.join(bad)}, not identified by these runs" if bad else None
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -2,22 +2,28 @@
 
     python -m analysis.fit_laws --experiment compute_bound [--tracking-uri URI] [--out DIR]
         [--families masked uniform] [--bootstrap 1000] [--seed 0]
-    python -m analysis.fit_laws --from-table results.csv [--experiment NAME] ...
+        [--preset NAME | --sweep-id ID] [--all-studies]
+    python -m analysis.fit_laws --from-table results.csv [--experiment NAME]
+        [--c-bin-tol DEX] [--drop-worst K] ...
 
-Prints the fit table, writes runs.parquet (MLflow source), final.parquet, fits.parquet, fits.json
-and PNG plots to --out (default out/fits/<experiment or table name>), and, when the runs came from
-MLflow, attaches those files to the sweep's latest parent run under artifacts ``fits/``.
+From MLflow it fits ONE study by default, the latest parent run's (see analysis/studies.py), and
+prints which one and how many runs of the experiment it left out. Prints the fit table, writes
+runs.parquet (MLflow source), final.parquet, fits.parquet, fits.json and PNG plots to --out
+(default out/fits/<experiment or table name>), and, when the runs came from MLflow, attaches those
+files to the fitted study's parent run under artifacts ``fits/``.
 Exit codes: 0 ok, 2 bad input (nothing fitted), 3 no law could be fitted (outputs still written).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
 
 from analysis import load, plots, report
+from analysis.frontier import C_BIN_TOL_DEX
 from analysis.schema import AnalysisError
 from analysis.study import fit_study, select_groups
 from trainer.tracking import resolve_uri
@@ -41,28 +47,61 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n-column", choices=("n_total", "n_nonembed"), default="n_total",
                    help="parameter count used as N for MLflow runs")
+    p.add_argument("--preset", default=None,
+                   help="MLflow: fit the latest study made with this preset (tag dlm.preset)")
+    p.add_argument("--sweep-id", default=None,
+                   help="MLflow: fit the study with this sweep id (tag dlm.sweep_id; a unique "
+                        "prefix will do, e.g. the 6 characters in the parent run's name)")
+    p.add_argument("--all-studies", action="store_true",
+                   help="MLflow: pool every study of the experiment (or every one matching "
+                        "--preset / --sweep-id) instead of the latest; by default runs of other "
+                        "studies (another preset, another grid) are left out and counted")
+    p.add_argument("--c-bin-tol", type=float, default=C_BIN_TOL_DEX, metavar="DEX",
+                   help="runs without a budget (a table with no 'budget' column) are grouped into "
+                        "isoFLOP budgets by binning log10 C: a bin is split at its widest gap "
+                        "until it spans at most DEX decades (default %(default)s dex, a factor "
+                        f"{10 ** C_BIN_TOL_DEX:.2f}); 0 = every distinct C is its own budget")
+    p.add_argument("--drop-worst", type=int, default=0, metavar="K",
+                   help="leave out each group's K highest-loss points before fitting (outliers of "
+                        "an extracted table, as the Chinchilla replication did); default 0")
     args = p.parse_args(argv)
     if args.from_table is None:
         args.tracking_uri = resolve_uri(args.tracking_uri)      # the same store the trainer writes
     if args.experiment is None and args.from_table is None:
         p.error("give --experiment or --from-table")
+    if args.from_table is not None and (args.preset or args.sweep_id or args.all_studies):
+        p.error("--preset, --sweep-id and --all-studies select MLflow studies; a --from-table "
+                "table is used whole")
     if args.bootstrap < 0:
         p.error("--bootstrap must be >= 0")
+    if not (args.c_bin_tol >= 0 and args.c_bin_tol < float("inf")):   # NaN fails both
+        p.error(f"--c-bin-tol must be a finite number of decades >= 0, got {args.c_bin_tol}")
+    if args.drop_worst < 0:
+        p.error(f"--drop-worst must be >= 0, got {args.drop_worst}")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    runs = None
+    runs = selection = None
     try:
         # Everything that can reject the input runs before any fitting.
         if args.from_table is not None:
             final, dropped = load.load_table(args.from_table)
             name = args.experiment or args.from_table.stem
+            if dropped.duplicate:
+                print(f"note: table {str(args.from_table)!r}: dropped {dropped.duplicate} "
+                      "duplicate row(s) (same family, knob, N, D, C, loss and budget as an earlier "
+                      "row); each point is fitted once", file=sys.stderr)
         else:
-            runs = load.load_runs(args.experiment, args.tracking_uri)
+            choice = load.StudyChoice(preset=args.preset, sweep_id=args.sweep_id,
+                                      all_studies=args.all_studies)
+            runs, selection = load.load_study(args.experiment, args.tracking_uri, choice)
+            print("\n".join(selection.describe()))
             final, dropped = load.final_points(runs, n_column=args.n_column)
             name = args.experiment
+        final, worst = load.drop_worst(final, args.drop_worst)
+        dropped = dataclasses.replace(dropped, worst=worst)
         if final.empty:
             d = dropped
             raise AnalysisError(f"{name}: no usable runs (dropped: failed {d.failed}, unfinished "
@@ -73,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
 
     study = fit_study(final, dropped, families=args.families, n_boot=args.bootstrap,
-                      seed=args.seed)
+                      seed=args.seed, c_bin_tol=args.c_bin_tol)
     out = args.out or Path("out") / "fits" / name
     out.mkdir(parents=True, exist_ok=True)
     written = []
@@ -81,21 +120,28 @@ def main(argv: list[str] | None = None) -> int:
         written.append(load.write_parquet(runs, out / "runs.parquet"))
     written.append(load.write_parquet(final, out / "final.parquet"))
     written.append(load.write_parquet(report.fits_table(study), out / "fits.parquet"))
-    (out / "fits.json").write_text(json.dumps(report.fits_json(study), indent=1))
+    doc = report.fits_json(study)
+    if selection is not None:
+        doc["selection"] = selection.as_dict()
+    (out / "fits.json").write_text(json.dumps(doc, indent=1))
     written.append(out / "fits.json")
-    written += plots.write_plots(study, final, out, runs=runs)
+    # A foreign table's loss is whatever its source measured; ours is always the validation NELBO.
+    loss_label = plots.NELBO_LABEL if runs is not None else "loss"
+    written += plots.write_plots(study, final, out, runs=runs, loss_label=loss_label)
 
     print(report.format_table(study))
     print(f"\nwrote {len(written)} files to {out}")
-    if runs is not None:
-        _attach(args.experiment, args.tracking_uri, written)
+    if selection is not None:
+        _attach(args.experiment, args.tracking_uri, written, selection)
     return 0 if study.any_law else EXIT_NOTHING_FITTED
 
 
-def _attach(experiment: str, tracking_uri: str | None, files: list[Path]) -> None:
+def _attach(experiment: str, tracking_uri: str | None, files: list[Path],
+            selection: load.Selection) -> None:
     from mlflow import MlflowClient
 
-    parent = load.latest_parent_run_id(experiment, tracking_uri)
+    # The fitted study's parent (the latest one when studies are pooled), not simply the latest.
+    parent = selection.parents[0] if selection.parents else None
     if parent is None:
         print(f"note: experiment {experiment!r} has no parent run (tag dlm.role=parent); "
               "nothing attached", file=sys.stderr)

@@ -15,8 +15,15 @@ import dataclasses
 import numpy as np
 import pandas as pd
 
-_BUDGET_GAP_LOG10 = 0.05  # final-C values closer than 12% are the same isoFLOP budget
+C_BIN_TOL_DEX = 0.2
+"""Widest span of log10 C (dex) that one isoFLOP budget's runs may have when the table gives no
+budget. Bins split at the widest gaps first, so two budgets merge only if all their runs fit in
+one span of this width: 0.2 dex (a factor 1.58) stays below the closest spacing of Chinchilla's
+budgets (6e18 -> 1e19, 0.22 dex) and of our sweeps' (>= 2x, 0.3 dex), and holds a budget whose
+runs scatter by up to ±25% (runs ending on whole steps, C values read off a paper's figure).
+See :func:`assign_budgets`."""
 MIN_SIZES_PER_CURVE = 3  # a parabola has 3 coefficients
+_EXTREME = {"small": "smallest", "large": "largest"}
 PARABOLA_HALF_WINDOW = 2
 """The isoFLOP parabola is fitted to the best size and up to this many sizes on each side of it. A
 curve is parabolic in ln N only near its minimum: on a wide grid the far ends (a plateau of
@@ -85,22 +92,41 @@ def pareto_frontier(final: pd.DataFrame, group: str) -> Frontier:
     return Frontier(group=group, C=C[m][order], loss=loss[m][order], run_id=tuple(map(str, ids)))
 
 
-def assign_budgets(final: pd.DataFrame) -> pd.Series:
-    """Budget (FLOPs) of every run: its ``budget`` value, else its cluster of nearby final C.
+def assign_budgets(final: pd.DataFrame, tol_dex: float = C_BIN_TOL_DEX) -> pd.Series:
+    """Budget (FLOPs) of every run: its ``budget`` value, else the median C of its log-C bin.
 
-    Runs of one isoFLOP budget end within a few percent of it (whole steps), budgets are spaced by
-    ≥ 2x, so a gap above 12% in sorted log10 C starts a new cluster; its budget is the median C.
+    Bins come from splitting the sorted log10 C at its widest gap, recursively, until no bin spans
+    more than ``tol_dex``: natural clusters (one budget's runs, a few percent apart) stay whole
+    however densely they are sampled, and a bin never chains across budgets the way a fixed gap
+    threshold does on scattered C. ``tol_dex=0`` puts every distinct C in its own bin.
     """
     budget = final["budget"].astype(float).copy()
     missing = budget.isna().to_numpy()
     if missing.any():
         logc = np.log10(final.loc[missing, "C"].to_numpy(float))
-        order = np.argsort(logc)
+        order = np.argsort(logc, kind="stable")
         cluster = np.empty(len(logc), dtype=int)
-        cluster[order] = np.cumsum(np.concatenate([[0], np.diff(logc[order]) > _BUDGET_GAP_LOG10]))
+        cluster[order] = _log_bins(logc[order], tol_dex)
         med = pd.Series(10 ** logc).groupby(cluster).transform("median").to_numpy()
         budget[missing] = med
     return budget
+
+
+def _log_bins(sorted_logc: np.ndarray, tol: float) -> np.ndarray:
+    """Bin index of each value of ascending ``sorted_logc``: split at the widest gap until every
+    bin spans <= ``tol`` (iterative: a 10,000-row table of distinct C must not recurse 10,000 deep)."""
+    cuts = []
+    stack = [(0, len(sorted_logc))]
+    while stack:
+        lo, hi = stack.pop()
+        if hi - lo < 2 or sorted_logc[hi - 1] - sorted_logc[lo] <= tol:
+            continue
+        k = lo + 1 + int(np.argmax(np.diff(sorted_logc[lo:hi])))
+        cuts.append(k)
+        stack += [(lo, k), (k, hi)]
+    starts = np.zeros(len(sorted_logc), dtype=int)
+    starts[cuts] = 1
+    return np.cumsum(starts)
 
 
 def fit_parabolas(u: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -179,7 +205,7 @@ def isoflop_curves(final: pd.DataFrame, group: str) -> list[IsoFlopCurve]:
             u = parabola_minimum(c[None], lnN[near][0] - center, lnN[near][-1] - center)[0]
             if best in (0, len(N) - 1):
                 side = "small" if best == 0 else "large"
-                flag = (f"{where}: no interior minimum, best run is the {side}est size "
+                flag = (f"{where}: no interior minimum, best run is the {_EXTREME[side]} size "
                         f"(N={N[best]:.3g}); runs missing on the {side} side, add N ≈ "
                         f"{_sizes_to_add(lnN, side)}")
             elif not np.isfinite(u):

@@ -72,6 +72,8 @@ class LawForm:
     params: tuple[str, ...]
     derived: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] = lambda p: {}
     """Derived quantities from natural parameters (arrays over bootstrap draws)."""
+    derived_from: tuple[str, ...] = ()
+    """The parameters ``derived`` reads: a derived quantity is only as identified as they are."""
 
     @property
     def features(self) -> tuple[str, ...]:
@@ -123,7 +125,8 @@ LAWS: dict[str, LawForm] = {
                 terms=(Term("A", "beta", "C"), Term("B")), params=("A", "beta", "B")),
         LawForm(name="chinchilla", formula="L(N, D) = E + A/N^alpha + B/D^beta",
                 terms=(Term("E"), Term("A", "alpha", "N"), Term("B", "beta", "D")),
-                params=("E", "A", "alpha", "B", "beta"), derived=_chinchilla_derived),
+                params=("E", "A", "alpha", "B", "beta"), derived=_chinchilla_derived,
+                derived_from=("alpha", "beta")),
     )
 }
 
@@ -148,23 +151,50 @@ def design(form: LawForm, features: dict[str, np.ndarray], loss: np.ndarray,
     return Design(logs - np.log(scale)[:, None], np.log(np.asarray(loss, float)), scale)
 
 
+def _log_terms(form: LawForm, theta: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """ln of each term at every point, (T, ..., n) for θ (..., k): θ_c − θ_e·x, capped above.
+
+    Terms are combined in log space (:func:`_log_sum`): a far-off trial point of the line search can make
+    every term underflow exp() to 0, and ln(Σ 0) = −inf then poisoned the objective and its gradient
+    with divide-by-zero / NaN (the RuntimeWarnings a barely identified fit printed)."""
+    theta = np.asarray(theta, float)
+    out = []
+    for ci, ei, fi in form.term_index():
+        c = theta[..., ci, None]
+        t = c - theta[..., ei, None] * x[fi] if ei >= 0 else np.broadcast_to(c, c.shape[:-1]
+                                                                              + x.shape[1:])
+        out.append(np.minimum(t, _MAX_LOG_TERM))
+    return np.stack(out)
+
+
+def _log_sum(t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(ln Σ_j e^t_j, shares e^t_j / Σ e^t) over axis 0, shifted by the max term: never 0/0."""
+    m = t.max(axis=0)
+    e = np.exp(t - m)
+    s = e.sum(axis=0)
+    return m + np.log(s), e / s
+
+
 def objective(form: LawForm, theta: np.ndarray, d: Design, w: np.ndarray
               ) -> tuple[float, np.ndarray]:
     """Σ w·Huber(r)/(δ·Σw) and its gradient; r = ln L̂ − ln L. Scaled to ~mean |r| so that
     L-BFGS-B's absolute tolerances mean the same thing for 10 points and 10,000."""
-    idx = form.term_index()
-    parts = []
-    for ci, ei, fi in idx:
-        t = theta[ci] - theta[ei] * d.x[fi] if ei >= 0 else np.full(d.y.shape, theta[ci])
-        parts.append(np.exp(np.minimum(t, _MAX_LOG_TERM)))
+    t = [np.minimum(theta[ci] - theta[ei] * d.x[fi] if ei >= 0 else np.full(d.y.shape, theta[ci]),
+                    _MAX_LOG_TERM) for ci, ei, fi in form.term_index()]   # _log_terms, unstacked
+    parts = [np.exp(tj) for tj in t]
     s = sum(parts)
-    r = np.log(s) - d.y
+    if s.min() > 0:                                      # the usual case: plain sums are exact
+        log_s = np.log(s)
+    else:                                                # every term underflowed somewhere
+        log_s, parts = _log_sum(np.stack(t))
+        s = np.ones_like(log_s)                          # parts are now shares p_j / Σ p
+    r = log_s - d.y
     psi = np.clip(r, -HUBER_DELTA, HUBER_DELTA)
     norm = HUBER_DELTA * w.sum()
     value = float(w @ (psi * (r - 0.5 * psi))) / norm  # = r²/2 inside δ, δ(|r| − δ/2) outside
     q = w * psi / (s * norm)
     grad = np.zeros(len(theta))
-    for (ci, ei, fi), p in zip(idx, parts):
+    for (ci, ei, fi), p in zip(form.term_index(), parts):
         qp = q * p
         grad[ci] += qp.sum()
         if ei >= 0:
@@ -174,11 +204,9 @@ def objective(form: LawForm, theta: np.ndarray, d: Design, w: np.ndarray
 
 def objective_batch(form: LawForm, thetas: np.ndarray, d: Design, w: np.ndarray) -> np.ndarray:
     """Objective at many θ (P, k) at once (no gradient): scores the init grid in one pass."""
-    s = 0.0
-    for ci, ei, fi in form.term_index():
-        t = thetas[:, ci, None] - (thetas[:, ei, None] * d.x[fi] if ei >= 0 else 0.0)
-        s = s + np.exp(np.minimum(t, _MAX_LOG_TERM))
-    r = np.log(s) - d.y
+    t = _log_terms(form, thetas, d.x)
+    m = t.max(axis=0)
+    r = m + np.log(np.exp(t - m).sum(axis=0)) - d.y
     psi = np.clip(r, -HUBER_DELTA, HUBER_DELTA)
     return (psi * (r - 0.5 * psi)) @ w / (HUBER_DELTA * w.sum())
 
@@ -238,15 +266,12 @@ def whitener(form: LawForm, theta: np.ndarray, d: Design, w: np.ndarray | None =
     L-BFGS-B solves in ~4 iterations instead of ~20 (measured: 0.26 vs 0.81 ms per 2,500-point fit).
     """
     w = np.ones(d.y.shape) if w is None else w
-    idx = form.term_index()
-    parts = [np.exp(theta[ci] - (theta[ei] * d.x[fi] if ei >= 0 else 0.0)) * np.ones(d.y.shape)
-             for ci, ei, fi in idx]
-    s = sum(parts)
+    share = _log_sum(_log_terms(form, theta, d.x))[1]  # ∂ln L̂/∂θ_c of each term
     J = np.zeros((d.y.size, len(theta)))
-    for (ci, ei, fi), p in zip(idx, parts):
-        J[:, ci] += p / s
+    for (ci, ei, fi), sh in zip(form.term_index(), share):
+        J[:, ci] += sh
         if ei >= 0:
-            J[:, ei] -= p / s * d.x[fi]
+            J[:, ei] -= sh * d.x[fi]
     gn = (J * w[:, None]).T @ J / w.sum()
     gn += 1e-10 * np.trace(gn) / len(theta) * np.eye(len(theta))
     try:
@@ -275,6 +300,34 @@ def refit(form: LawForm, theta_hat: np.ndarray, r_inv: np.ndarray, d: Design, w:
                        method="L-BFGS-B", bounds=bounds(form), options=_BOOT_OPTS)
         theta = res.x
     return theta if np.all(np.isfinite(theta)) else np.full(len(theta_hat), np.nan)
+
+
+AT_BOUND_TOL = 0.01
+"""Fit-space distance to a box bound that counts as "at" it (1/400 of the exponent range)."""
+NEGLIGIBLE_SHARE = 1e-6
+"""A term below this share of the fitted loss at every data point has vanished: its coefficient is
+at its lower bound in effect (L-BFGS-B stops in the flat valley before reaching the box, e.g. at
+B = 2e-9 rather than e^-25), and its exponent is whatever the optimiser happened to leave."""
+_SHARE_POINTS = 256  # data points the vanished-term test looks at (evenly spaced in loss order)
+
+
+def at_bound(form: LawForm, thetas: np.ndarray, d: Design) -> np.ndarray:
+    """(..., k) True where a fit-space parameter of θ (..., k) is at a bound of the fit: within
+    AT_BOUND_TOL of its box, or the coefficient or exponent of a term that has vanished
+    (NEGLIGIBLE_SHARE). NaN rows (failed draws) are False throughout."""
+    thetas = np.asarray(thetas, float)
+    lo, hi = np.array(bounds(form)).T
+    with np.errstate(invalid="ignore"):
+        at = (thetas <= lo + AT_BOUND_TOL) | (thetas >= hi - AT_BOUND_TOL)
+    pick = np.argsort(d.y)[np.linspace(0, d.y.size - 1, min(d.y.size, _SHARE_POINTS)).astype(int)]
+    t = _log_terms(form, np.nan_to_num(thetas), d.x[:, pick])          # (T, ..., m)
+    top_share = (t - _log_sum(t)[0]).max(axis=-1)                        # (T, ...)
+    for (ci, ei, _), share in zip(form.term_index(), top_share):
+        gone = share < np.log(NEGLIGIBLE_SHARE)
+        at[..., ci] |= gone
+        if ei >= 0:
+            at[..., ei] |= gone
+    return at & np.isfinite(thetas).all(axis=-1, keepdims=True)
 
 
 def natural(form: LawForm, theta: np.ndarray, scale: np.ndarray) -> np.ndarray:

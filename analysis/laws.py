@@ -23,6 +23,12 @@ from analysis.schema import AnalysisError
 LEVEL = 0.95
 EXTRAPOLATE = (10.0, 100.0)  # predict L(C) at these multiples of the largest budget
 _MAX_ND_CORR = 0.99  # |corr(ln N, ln D)| above this leaves L(N, D) unidentified
+PILEUP_SHARE = 0.2
+"""A parameter whose bootstrap draws sit at a bound of the fit (``huber.at_bound``) this often is
+not identified even if its point estimate is not: 95% intervals are read off the 2.5/97.5
+percentiles, so a 20% pile-up already decides one end of the interval, which is then the bound
+(e.g. α = 2.06 [0.084, 4]), not a measurement."""
+NOT_IDENTIFIED = "not identified by these runs"
 
 
 class TooFewPoints(AnalysisError):
@@ -36,8 +42,17 @@ class Estimate:
     value: float
     lo: float = np.nan
     hi: float = np.nan
+    flag: str | None = None
+    """Why the value is not identified by the data (at a bound of the fit, or derived from such a
+    parameter); None when it is. A flagged value is shown without its interval."""
+
+    @property
+    def identified(self) -> bool:
+        return self.flag is None
 
     def fmt(self, spec: str = ".3g") -> str:
+        if self.flag:
+            return f"{self.value:{spec}} (not identified)"
         if not np.isfinite(self.lo):
             return format(self.value, spec)
         return f"{self.value:{spec}} [{self.lo:{spec}}, {self.hi:{spec}}]"
@@ -61,6 +76,15 @@ class LawFit:
     """(k,) natural parameters in ``params`` order."""
     samples: np.ndarray = dataclasses.field(compare=False, repr=False)
     """(n_boot_requested, k) natural parameters per draw."""
+
+    @property
+    def flags(self) -> dict[str, str]:
+        """{parameter or derived quantity: why it is not identified by these runs}."""
+        return {k: e.flag for k, e in {**self.params, **self.derived}.items() if e.flag}
+
+    @property
+    def identified(self) -> bool:
+        return not any(e.flag for e in self.params.values())
 
     def predict(self, **features: np.ndarray) -> np.ndarray:
         """Loss at ``features`` (e.g. ``C=...``); only for laws of loss (not "allocation")."""
@@ -89,27 +113,61 @@ def resamples(seed: int, group: str, n: int, n_boot: int):
         yield b, counts, np.flatnonzero(counts)
 
 
-def _estimates(names, point: np.ndarray, samples: np.ndarray) -> dict[str, Estimate]:
+def _estimates(names, point: np.ndarray, samples: np.ndarray,
+               flags: dict[str, str] | None = None) -> dict[str, Estimate]:
     """``point`` (k,), ``samples`` (B, k) with NaN rows for failed draws -> {name: Estimate}."""
     ok = samples[np.isfinite(samples).all(axis=1)]
     q = [50 * (1 - LEVEL), 100 - 50 * (1 - LEVEL)]
     lo, hi = np.percentile(ok, q, axis=0) if len(ok) else np.full((2, len(names)), np.nan)
-    return {n: Estimate(float(point[i]), float(lo[i]), float(hi[i])) for i, n in enumerate(names)}
+    flags = flags or {}
+    return {n: Estimate(float(point[i]), float(lo[i]), float(hi[i]), flags.get(n))
+            for i, n in enumerate(names)}
+
+
+def identification(form: huber.LawForm, theta: np.ndarray, thetas: np.ndarray,
+                   d: huber.Design) -> dict[str, str]:
+    """{parameter: reason} for the parameters of a fit the data does not identify: the point
+    estimate at a bound of the fit, or >= PILEUP_SHARE of the bootstrap draws there."""
+    point = huber.at_bound(form, theta, d)
+    ok = np.isfinite(thetas).all(axis=1)
+    piled = huber.at_bound(form, thetas[ok], d).mean(axis=0) if ok.any() else point * 0.0
+    flags = {}
+    for i, name in enumerate(form.params):
+        if point[i]:
+            flags[name] = f"{NOT_IDENTIFIED}: the estimate is at a bound of the fit"
+        elif piled[i] >= PILEUP_SHARE:
+            flags[name] = (f"{NOT_IDENTIFIED}: {piled[i]:.0%} of bootstrap draws are at a bound "
+                           "of the fit")
+    return flags
+
+
+def _derived_flags(names, sources, flags: dict[str, str]) -> dict[str, str]:
+    bad = [p for p in sources if p in flags]
+    if not bad:
+        return {}
+    why = f"derived from {', '.join(bad)}, {NOT_IDENTIFIED}"
+    return {n: why for n in names}
 
 
 def _law_fit(form: huber.LawForm, group: str, point: np.ndarray, samples: np.ndarray,
-             n_points: int, objective: float, extra: dict | None = None) -> LawFit:
+             n_points: int, objective: float, extra: dict | None = None,
+             flags: dict[str, str] | None = None) -> LawFit:
+    """``extra``: {name: (point, samples)} predictions that read every parameter (e.g. L@10x)."""
     def named(arr):
         return {p: arr[..., i] for i, p in enumerate(form.params)}
 
+    flags = flags or {}
     dp, ds = form.derived(named(point)), form.derived(named(samples))
+    dflags = _derived_flags(list(dp), form.derived_from, flags)
     for name, (p, s) in (extra or {}).items():
         dp[name], ds[name] = p, s
+    dflags |= _derived_flags(list(extra or {}), form.params, flags)
     names = list(dp)
     derived = _estimates(names, np.array([dp[k] for k in names], float).reshape(len(names)),
                          np.stack([ds[k] for k in names], axis=1) if names
-                         else np.zeros((len(samples), 0)))
-    return LawFit(law=form.name, group=group, params=_estimates(form.params, point, samples),
+                         else np.zeros((len(samples), 0)), dflags)
+    return LawFit(law=form.name, group=group,
+                  params=_estimates(form.params, point, samples, flags),
                   derived=derived, n_points=n_points,
                   n_boot=int(np.isfinite(samples).all(axis=1).sum()), objective=objective,
                   point=point, samples=samples)
@@ -149,7 +207,8 @@ def fit_compute_law(final: pd.DataFrame, group: str, *, n_boot: int = 1000, seed
     extra = {f"L@{m:g}x": (form.predict(point, {"C": m * cmax}),
                            form.predict(samples, {"C": m * cmax}))
              for m in extrapolate}
-    return _law_fit(form, group, point, samples, len(front.C), value, extra)
+    return _law_fit(form, group, point, samples, len(front.C), value, extra,
+                    flags=identification(form, theta, thetas, d))
 
 
 @huber.single_threaded_blas
@@ -181,7 +240,8 @@ def fit_chinchilla(final: pd.DataFrame, group: str, *, n_boot: int = 1000, seed:
         for b, counts, idx in resamples(seed, group, len(N), n_boot):
             thetas[b] = huber.refit(form, theta, r_inv, d.take(idx), counts[idx].astype(float))
     return _law_fit(form, group, huber.natural(form, theta, d.scale),
-                    huber.natural(form, thetas, d.scale), len(g), value)
+                    huber.natural(form, thetas, d.scale), len(g), value,
+                    flags=identification(form, theta, thetas, d))
 
 
 ALLOCATION_PARAMS = ("k_N", "a", "k_D", "b")

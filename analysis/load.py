@@ -14,11 +14,19 @@ import numpy as np
 import pandas as pd
 
 from analysis import schema as S
+from analysis import studies
 from analysis.schema import AnalysisError
+from analysis.studies import Selection, StudyChoice
 
 _PAGE = 1000  # search_runs page size (the server caps pages anyway)
 _BULK_CHUNK = 200  # run ids per bulk metric query (keeps the SQL IN list short)
 _BULK_MAX = 10_000_000  # rows per bulk query; hitting it means truncation -> per-run fallback
+_SNIFF_BYTES = 8192  # bytes of a --from-table file inspected before parsing (empty? binary?)
+_PARQUET_MAGIC = b"PAR1"
+# A duplicate row of a table: the same values in every column a fit uses (run_id aside, which a
+# table without one gets per row). Kept once: a copy would weigh that point twice and, as an extra
+# "run" in the bootstrap, narrow every interval as if it were an independent measurement.
+_DUPLICATE_KEY = ["group", "N", "D", "C", "loss", "budget"]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -32,7 +40,10 @@ class DropCounts:
     nan: int = 0
     """Runs whose final loss, N, D or C is missing, non-finite or <= 0 (diverged, no eval)."""
     duplicate: int = 0
-    """Extra MLflow runs of one dlm.run_id (a resumed job); the finished, longest one is kept."""
+    """Extra MLflow runs of one dlm.run_id (a resumed job; the finished, longest one is kept), or
+    rows of a table repeating another row's values (the first is kept)."""
+    worst: int = 0
+    """Points left out on request (``--drop-worst K``: each group's K highest losses)."""
 
     @property
     def total(self) -> int:
@@ -149,11 +160,28 @@ def load_runs(experiment: str, tracking_uri: str | None = None, *, bulk: bool = 
     evaluated gets one row with NaN metrics so the drop counters still see it. Raises
     :class:`AnalysisError` if the experiment does not exist or has no trial runs.
     """
+    return load_study(experiment, tracking_uri, StudyChoice(all_studies=True), bulk=bulk)[0]
+
+
+def load_study(experiment: str, tracking_uri: str | None = None,
+               choice: StudyChoice = StudyChoice(), *, bulk: bool = True
+               ) -> tuple[pd.DataFrame, Selection]:
+    """:func:`load_runs` restricted to the study ``choice`` names (default: the latest parent
+    run's), and the :class:`~analysis.studies.Selection` saying which runs that is."""
     client = _client(tracking_uri)
-    runs = _search_all(client, _experiment_id(client, experiment), S.ROLE_TRIAL)
+    exp_id = _experiment_id(client, experiment)
+    runs = _search_all(client, exp_id, S.ROLE_TRIAL)
     if not runs:
         raise AnalysisError(f"MLflow experiment {experiment!r} has no trial runs "
                             f"(tag {S.TAG_ROLE}={S.ROLE_TRIAL})")
+    runs, selection = studies.select(client, exp_id, experiment, runs, choice)
+    if not runs:
+        raise AnalysisError(f"MLflow experiment {experiment!r}: {selection.label} has no trial "
+                            "runs yet")
+    return _runs_frame(client, runs, bulk), selection
+
+
+def _runs_frame(client, runs: list, bulk: bool) -> pd.DataFrame:
     meta = _run_meta(runs)
     hist = _histories(client, meta["mlflow_run_id"].tolist(), bulk=bulk)
 
@@ -208,13 +236,35 @@ def load_table(path: str | Path) -> tuple[pd.DataFrame, DropCounts]:
     """A CSV or parquet of final results -> (``schema.FINAL_COLUMNS`` table, dropped rows).
 
     Needs columns family, N, loss and D or C (see ``schema.TABLE_REQUIRED``); the missing one of D/C
-    follows from C = 6·N·D. Raises :class:`AnalysisError` naming any missing column.
+    follows from C = 6·N·D. Raises :class:`AnalysisError` naming the file when it is missing, a
+    directory, empty or unreadable (binary, not CSV), and naming any missing column.
     """
     path = Path(path)
+    where = f"table {str(path)!r}"
     if not path.exists():
-        raise AnalysisError(f"table {str(path)!r} does not exist")
-    raw = pd.read_parquet(path) if path.suffix in (".parquet", ".pq") else pd.read_csv(path)
-    return table_from_frame(raw, source=f"table {str(path)!r}")
+        raise AnalysisError(f"{where} does not exist")
+    if not path.is_file():
+        raise AnalysisError(f"{where} is a directory (or not a regular file); give a CSV or "
+                            "parquet file")
+    with open(path, "rb") as fh:
+        head = fh.read(_SNIFF_BYTES)
+    if not head.strip():
+        raise AnalysisError(f"{where} is empty")
+    # Parquet by its magic bytes as well as its suffix: a parquet file named .csv is still read.
+    is_parquet = path.suffix in (".parquet", ".pq") or head.startswith(_PARQUET_MAGIC)
+    if not is_parquet and b"\0" in head:
+        raise AnalysisError(f"{where} is a binary file, not CSV text (NUL bytes in its first "
+                            f"{len(head)} bytes); give a CSV or parquet file")
+    try:
+        raw = pd.read_parquet(path) if is_parquet else pd.read_csv(path)
+    except (ValueError, OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        # UnicodeDecodeError and pyarrow's ArrowInvalid are ValueErrors.
+        kind = "parquet" if is_parquet else "CSV"
+        raise AnalysisError(f"{where} could not be read as {kind}: {type(e).__name__}: "
+                            f"{str(e).splitlines()[0] if str(e) else ''}") from None
+    if raw.empty:
+        raise AnalysisError(f"{where} has no rows (columns: {', '.join(map(str, raw.columns))})")
+    return table_from_frame(raw, source=where)
 
 
 def table_from_frame(raw: pd.DataFrame, source: str = "table") -> tuple[pd.DataFrame, DropCounts]:
@@ -243,7 +293,9 @@ def table_from_frame(raw: pd.DataFrame, source: str = "table") -> tuple[pd.DataF
         "budget": pd.to_numeric(raw["budget"], errors="coerce") if "budget" in raw else np.nan,
     })
     table, nan = _drop_bad(table)
-    return table, DropCounts(nan=nan)
+    dup = table.duplicated(_DUPLICATE_KEY, keep="first")
+    table = table[~dup].reset_index(drop=True)
+    return table, DropCounts(nan=nan, duplicate=int(dup.sum()))
 
 
 def _drop_bad(table: pd.DataFrame) -> tuple[pd.DataFrame, int]:
@@ -253,6 +305,20 @@ def _drop_bad(table: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     out["knob"] = out["knob"].astype(float)
     out.insert(1, "group", [S.group_label(f, k) for f, k in zip(out["family"], out["knob"])])
     return out.reset_index(drop=True)[list(S.FINAL_COLUMNS)], int((~ok).sum())
+
+
+def drop_worst(final: pd.DataFrame, k: int) -> tuple[pd.DataFrame, int]:
+    """``final`` without each group's ``k`` highest-loss points, and how many were removed.
+
+    Besiroglu et al. 2024 (the Chinchilla replication) left the highest-loss points of their
+    extraction out of the fit: runs far above the rest are broken or mis-read, and the near-L1 Huber
+    loss limits but does not remove their pull. Per group, so one family's outliers do not cost
+    another family its runs.
+    """
+    if k <= 0:
+        return final, 0
+    worst = final.sort_values("loss", ascending=False, kind="stable").groupby("group").head(k)
+    return final.drop(index=worst.index).reset_index(drop=True), len(worst)
 
 
 def write_parquet(df: pd.DataFrame, path: str | Path) -> Path:

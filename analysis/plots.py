@@ -17,6 +17,9 @@ from matplotlib.ticker import FuncFormatter
 from analysis.study import GroupFit, StudyFit
 
 _DPI = 120
+NELBO_LABEL = "validation NELBO (nats/token)"
+"""y label of our own runs' loss; a table from elsewhere is labelled plainly "loss"."""
+_BUDGET_CMAP = "viridis"  # sequential: budget order reads as colour order, never repeats
 
 
 def _slug(name: str) -> str:
@@ -29,6 +32,12 @@ def _loss_axis(ax) -> None:
     plain = FuncFormatter(lambda v, _: f"{v:g}")
     ax.yaxis.set_major_formatter(plain)
     ax.yaxis.set_minor_formatter(plain)  # a loss range rarely contains a power of ten
+
+
+def _unidentified(fit) -> str:
+    """Legend text for a law with parameters the data does not pin down."""
+    names = ", ".join(k for k, e in fit.params.items() if e.flag)
+    return f"{names} not identified by these runs"
 
 
 def _c_grid(study: StudyFit) -> np.ndarray:
@@ -45,7 +54,7 @@ def _draw_law(ax, g: GroupFit, grid: np.ndarray, color, label: str) -> None:
 
 
 def plot_group(g: GroupFit, study: StudyFit, final: pd.DataFrame, runs: pd.DataFrame | None,
-               path: Path) -> Path:
+               path: Path, loss_label: str = NELBO_LABEL) -> Path:
     """Loss vs compute for one group: learning curves (if ``runs``), final points, frontier, law."""
     fig = Figure(figsize=(6.4, 4.6))
     ax = fig.subplots()
@@ -63,14 +72,17 @@ def plot_group(g: GroupFit, study: StudyFit, final: pd.DataFrame, runs: pd.DataF
         label = (f"A·C^-β + B: β={p['beta'].value:.3g}, B={p['B'].value:.3g} "
                  f"(95% band)")
         _draw_law(ax, g, _c_grid(study), "C0", label)
+        if g.compute.flags:
+            ax.text(0.02, 0.02, _unidentified(g.compute), transform=ax.transAxes, fontsize=7,
+                    color="C3", va="bottom")
     _loss_axis(ax)
     ax.set(xscale="log", xlabel="training compute C (FLOPs)",
-           ylabel="validation NELBO (nats/token)", title=f"{g.group}: loss vs compute")
+           ylabel=loss_label, title=f"{g.group}: loss vs compute")
     ax.legend(fontsize=8)
     return _save(fig, path)
 
 
-def plot_pareto(study: StudyFit, path: Path) -> Path:
+def plot_pareto(study: StudyFit, path: Path, loss_label: str = NELBO_LABEL) -> Path:
     """All groups' frontiers and L(C) laws on one chart: the study's headline figure."""
     fig = Figure(figsize=(7, 5))
     ax = fig.subplots()
@@ -78,7 +90,8 @@ def plot_pareto(study: StudyFit, path: Path) -> Path:
     for i, g in enumerate(study.groups):
         color = f"C{i % 10}"
         ax.plot(g.frontier.C, g.frontier.loss, "o", color=color, ms=4)
-        _draw_law(ax, g, grid, color, g.group)
+        _draw_law(ax, g, grid, color, g.group + (" (" + _unidentified(g.compute) + ")"
+                                                 if g.compute and g.compute.flags else ""))
         if g.compute is None:
             ax.plot(g.frontier.C, g.frontier.loss, "-", color=color, lw=1,
                     label=f"{g.group} (no fit)")
@@ -87,17 +100,28 @@ def plot_pareto(study: StudyFit, path: Path) -> Path:
             ax.axvline(x.c, color="0.5", ls=":", lw=1)
     _loss_axis(ax)
     ax.set(xscale="log", xlabel="training compute C (FLOPs)",
-           ylabel="validation NELBO (nats/token)", title="Pareto frontiers and L(C) = A·C^-β + B")
+           ylabel=loss_label, title="Pareto frontiers and L(C) = A·C^-β + B")
     ax.legend(fontsize=8)
     return _save(fig, path)
 
 
-def plot_isoflops(g: GroupFit, path: Path) -> Path:
+def budget_colors(budgets) -> list:
+    """One RGBA colour per budget on a sequential map of log C: distinct for distinct budgets
+    however many there are (a 10-colour cycle made the 1st and 11th curves look like one)."""
+    from matplotlib import colormaps
+
+    logc = np.log10(np.asarray(budgets, float))
+    span = logc.max() - logc.min() if len(logc) else 0.0
+    t = (logc - logc.min()) / span if span > 0 else np.zeros(len(logc))
+    return [colormaps[_BUDGET_CMAP](0.9 * x) for x in t]   # 0.9: skip the map's faint yellow end
+
+
+def isoflop_figure(g: GroupFit, loss_label: str = NELBO_LABEL) -> Figure:
     """Loss vs N per budget with the fitted parabolas and their minima; flagged curves dashed."""
     fig = Figure(figsize=(6.4, 4.6))
     ax = fig.subplots()
-    for i, c in enumerate(g.isoflops):
-        color = f"C{i % 10}"
+    colors = budget_colors([c.budget for c in g.isoflops])
+    for c, color in zip(g.isoflops, colors):
         ax.plot(c.N, c.loss, "o", color=color, ms=4, label=f"C={c.budget:.2g}")
         if c.coef is not None:
             u = np.linspace(np.log(c.window[0]), np.log(c.window[1]), 100) - c.center
@@ -106,10 +130,23 @@ def plot_isoflops(g: GroupFit, path: Path) -> Path:
         if c.ok:
             u = np.log(c.n_opt) - c.center
             ax.plot(c.n_opt, np.polyval(c.coef[::-1], u), "*", color=color, ms=11, mec="k")
-    ax.set(xscale="log", xlabel="parameters N", ylabel="final validation NELBO (nats/token)",
+    ax.set(xscale="log", xlabel="parameters N", ylabel=f"final {loss_label}",
            title=f"{g.group}: isoFLOP curves (★ fitted minimum, dashed = flagged)")
-    ax.legend(fontsize=7, ncol=2)
-    return _save(fig, path)
+    if len(g.isoflops) > 1:
+        from matplotlib.cm import ScalarMappable
+        from matplotlib.colors import Normalize
+
+        logc = np.log10([c.budget for c in g.isoflops])
+        sm = ScalarMappable(Normalize(logc.min(), logc.min() + (logc.max() - logc.min()) / 0.9),
+                            _BUDGET_CMAP)
+        fig.colorbar(sm, ax=ax, label="log10 budget C (FLOPs)")
+    if len(g.isoflops) <= 10:  # past that a legend hides the curves; the colour bar reads C
+        ax.legend(fontsize=7, ncol=2)
+    return fig
+
+
+def plot_isoflops(g: GroupFit, path: Path, loss_label: str = NELBO_LABEL) -> Path:
+    return _save(isoflop_figure(g, loss_label), path)
 
 
 def plot_residuals(study: StudyFit, path: Path) -> Path:
@@ -180,14 +217,15 @@ def _save(fig: Figure, path: Path) -> Path:
 
 
 def write_plots(study: StudyFit, final: pd.DataFrame, out_dir: str | Path,
-                runs: pd.DataFrame | None = None) -> list[Path]:
+                runs: pd.DataFrame | None = None, loss_label: str = NELBO_LABEL) -> list[Path]:
     """Every figure as PNG under ``out_dir``; returns the paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = [plot_pareto(study, out / "pareto.png"), plot_residuals(study, out / "residuals.png")]
+    paths = [plot_pareto(study, out / "pareto.png", loss_label),
+             plot_residuals(study, out / "residuals.png")]
     for g in study.groups:
         paths.append(plot_group(g, study, final, runs,
-                                out / f"loss_vs_compute_{_slug(g.group)}.png"))
+                                out / f"loss_vs_compute_{_slug(g.group)}.png", loss_label))
         if g.isoflops:
-            paths.append(plot_isoflops(g, out / f"isoflops_{_slug(g.group)}.png"))
+            paths.append(plot_isoflops(g, out / f"isoflops_{_slug(g.group)}.png", loss_label))
     return paths

@@ -11,12 +11,14 @@ from analysis.huber import LAWS
 from analysis.laws import EXTRAPOLATE, LawFit
 from analysis.study import GroupFit, StudyFit, nan_to_none
 
-FITS_COLUMNS = ("group", "law", "quantity", "estimate", "lo", "hi", "n_points", "n_boot")
+FITS_COLUMNS = ("group", "law", "quantity", "estimate", "lo", "hi", "n_points", "n_boot", "flag")
+"""``flag``: why the estimate is not identified by these runs (laws.NOT_IDENTIFIED), else None."""
 
 
 def _law_rows(fit: LawFit) -> list[dict]:
     return [{"group": fit.group, "law": fit.law, "quantity": name, "estimate": e.value,
-             "lo": e.lo, "hi": e.hi, "n_points": fit.n_points, "n_boot": fit.n_boot}
+             "lo": e.lo, "hi": e.hi, "n_points": fit.n_points, "n_boot": fit.n_boot,
+             "flag": e.flag}
             for name, e in {**fit.params, **fit.derived}.items()]
 
 
@@ -47,12 +49,17 @@ def fits_table(study: StudyFit) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=list(FITS_COLUMNS))
 
 
+def _estimate(e) -> dict:
+    return {**dataclasses.asdict(e), "identified": e.identified}
+
+
 def fits_json(study: StudyFit) -> dict:
     def law(fit: LawFit) -> dict:
         return {"formula": LAWS[fit.law].formula if fit.law in LAWS else
                 "N*(C) = k_N·C^a, D*(C) = k_D·C^b",
-                "params": {k: dataclasses.asdict(v) for k, v in fit.params.items()},
-                "derived": {k: dataclasses.asdict(v) for k, v in fit.derived.items()},
+                "params": {k: _estimate(v) for k, v in fit.params.items()},
+                "derived": {k: _estimate(v) for k, v in fit.derived.items()},
+                "identified": fit.identified,
                 "n_points": fit.n_points, "n_boot": fit.n_boot, "objective": fit.objective}
 
     groups = {}
@@ -102,11 +109,14 @@ def format_table(study: StudyFit) -> str:
     out += ["crossovers:"] + [f"  {x.message}" for x in study.crossovers] if study.crossovers \
         else ["crossovers: none (fewer than two groups with an L(C) fit)"]
     notes = [m for g in study.groups for m in g.messages]
+    notes += [f"{g.group} {LAWS[f.law].formula if f.law in LAWS else f.law}: {k} {why}"
+              for g in study.groups for f in _laws(g) for k, why in f.flags.items()]
     if notes:
         out += ["", "notes:"] + [f"  {m}" for m in notes]
     d = study.dropped
+    worst = f", highest-loss (--drop-worst) {d.worst}" if d.worst else ""
     out += ["", f"dropped runs: {d.total} (failed {d.failed}, unfinished {d.unfinished}, "
-                f"NaN/invalid {d.nan}, duplicate {d.duplicate})"]
+                f"NaN/invalid {d.nan}, duplicate {d.duplicate}{worst})"]
     return "\n".join(out)
 
 

@@ -3,8 +3,14 @@
 MLflow layout written by the training job
 -----------------------------------------
 * One MLflow **experiment per sweep**; its name is the sweep name.
-* One **parent run per sweep invocation**, tagged ``dlm.role=parent``. Fits and plots are attached
-  to the latest one as artifacts.
+* One **parent run per study** (one sweep command: its set of runs, ``dlm.sweep_id``), tagged
+  ``dlm.role=parent``, ``dlm.sweep``, ``dlm.sweep_id``, ``dlm.preset``; a re-run of the same command
+  reuses it and stamps ``dlm.invoked_ms``. Its member runs (the config hashes, ``dlm.run_id``, of
+  every run of the study, including runs another study already finished) are the artifact
+  ``dlm/members.json`` = {"sweep_id", "run_ids": [...]}, and ``dlm.members`` names that artifact
+  once it is written (an artifact, not tags: a tag value holds <= 8000 characters, ~470 ids, and a
+  study can have thousands). The fit selects the latest study and attaches its fits and plots to
+  that study's parent as artifacts.
 * One **child run per training job**, tagged ``dlm.role=trial`` with ``mlflow.parentRunId`` set.
 
 Child run tags
@@ -52,6 +58,12 @@ TAG_SWEEP = "dlm.sweep"
 TAG_RUN_ID = "dlm.run_id"
 TAG_STEP_UNIT = "dlm.step_unit"
 TAG_FAILURE = "dlm.failure"
+TAG_SWEEP_ID = "dlm.sweep_id"
+TAG_PRESET = "dlm.preset"
+TAG_INVOKED = "dlm.invoked_ms"
+TAG_MEMBERS = "dlm.members"
+MEMBERS_ARTIFACT = "dlm/members.json"
+TAG_PARENT = "mlflow.parentRunId"
 STEP_UNIT_FLOPS = {"GFLOP": 1e9}  # step unit -> FLOPs per step unit
 
 PARAM_N_NONEMBED = "n_params_nonembed"

@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 
 from analysis.compare import Backtest, Crossover, backtest, crossover
-from analysis.frontier import (MIN_SIZES_PER_CURVE, Frontier, IsoFlopCurve, isoflop_curves,
-                               pareto_frontier)
+from analysis.frontier import (C_BIN_TOL_DEX, MIN_SIZES_PER_CURVE, Frontier, IsoFlopCurve,
+                               assign_budgets, isoflop_curves, pareto_frontier)
 from analysis.huber import single_threaded_blas
 from analysis.laws import (EXTRAPOLATE, LawFit, TooFewPoints, fit_allocation, fit_chinchilla,
                            fit_compute_law)
@@ -86,8 +86,12 @@ def _attempt(fn: Callable, messages: list[str]):
         return None
 
 
-def fit_group(final: pd.DataFrame, group: str, *, n_boot: int, seed: int) -> GroupFit:
+def fit_group(final: pd.DataFrame, group: str, *, n_boot: int, seed: int,
+              c_bin_tol: float = C_BIN_TOL_DEX) -> GroupFit:
     g = final[final["group"] == group]
+    # Runs without a budget (tables from elsewhere) are binned in log C once, here, so isoFLOP
+    # curves, their bootstrap and the backtest all see the same budgets.
+    g = g.assign(budget=assign_budgets(g, c_bin_tol).to_numpy())
     messages: list[str] = []
     curves = isoflop_curves(g, group)
     if any(len(c.N) >= MIN_SIZES_PER_CURVE for c in curves):
@@ -113,10 +117,15 @@ def fit_group(final: pd.DataFrame, group: str, *, n_boot: int, seed: int) -> Gro
 
 @single_threaded_blas
 def fit_study(final: pd.DataFrame, dropped: DropCounts = DropCounts(), *,
-              families: list[str] | None = None, n_boot: int = 1000, seed: int = 0) -> StudyFit:
-    """Fit every selected group of a ``schema.FINAL_COLUMNS`` table and compare them pairwise."""
+              families: list[str] | None = None, n_boot: int = 1000, seed: int = 0,
+              c_bin_tol: float = C_BIN_TOL_DEX) -> StudyFit:
+    """Fit every selected group of a ``schema.FINAL_COLUMNS`` table and compare them pairwise.
+
+    ``c_bin_tol``: widest log10-C span (dex) of one isoFLOP budget for runs with no budget
+    (``frontier.assign_budgets``)."""
     groups = select_groups(final, families)
-    fits = tuple(fit_group(final, g, n_boot=n_boot, seed=seed) for g in groups)
+    fits = tuple(fit_group(final, g, n_boot=n_boot, seed=seed, c_bin_tol=c_bin_tol)
+                 for g in groups)
     used = final[final["group"].isin(groups)]
     c_range = (float(used["C"].min()), float(used["C"].max()) * max(EXTRAPOLATE))
     crossings = tuple(crossover(a.compute, b.compute, c_range)

@@ -51,3 +51,24 @@ def isoflop_table(*, budgets: np.ndarray, params: dict[str, float] | None = None
     loss = loss * np.exp(noise * rng.standard_normal(loss.size))
     return pd.DataFrame({"family": family, "N": N, "D": D, "C": C, "loss": loss, "budget": C,
                          "run_id": [f"{family}-{i}" for i in range(C.size)]})
+
+
+def scattered_isoflop_table(*, budgets: np.ndarray, params: dict[str, float] | None = None,
+                            sizes: int = 11, span: float = 8.0, jitter: float = 0.1,
+                            noise: float = 0.01, seed: int = 0,
+                            family: str = "synthetic") -> pd.DataFrame:
+    """An isoFLOP grid whose C is scattered the way a table read off a paper's figure is: every
+    run's compute is its budget times a factor log-uniform in [1/(1+jitter), 1+jitter], D = C/(6·N)
+    and the loss follows the planted L(N, D) at that (N, D). No ``budget`` column: the analysis
+    has to bin C itself (``frontier.assign_budgets``)."""
+    p = dict(CHINCHILLA if params is None else params)
+    t = isoflop_table(budgets=budgets, params=p, sizes=sizes, span=span, noise=0.0, seed=seed,
+                      family=family)
+    rng = np.random.default_rng([seed, 1])
+    C = t["C"].to_numpy() * np.exp(rng.uniform(-1, 1, len(t)) * np.log1p(jitter))
+    N = t["N"].to_numpy()
+    D = C / (FLOPS_PER_PARAM_TOKEN * N)
+    loss = (p["E"] + p["A"] / N ** p["alpha"] + p["B"] / D ** p["beta"]) \
+        * np.exp(noise * rng.standard_normal(len(t)))
+    return pd.DataFrame({"family": family, "N": N, "D": D, "C": C, "loss": loss,
+                         "run_id": t["run_id"]})

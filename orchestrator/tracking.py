@@ -7,10 +7,13 @@ Creating a fresh sqlite store from several processes at once races in its schema
 from __future__ import annotations
 
 import hashlib
+import time
+from typing import Iterable
 
 from mlflow.entities import RunTag
 from mlflow.tracking import MlflowClient
 
+from analysis import schema as S
 from trainer.config import RunConfig
 from trainer.tracking import ensure_experiment, resolve_uri
 
@@ -27,21 +30,35 @@ class SweepTracking:
         self.client = MlflowClient(self.uri)
         self.experiment_id = ensure_experiment(self.client, experiment)
 
-    def parent_run(self, name: str, sid: str, n_runs: int, preset: str) -> str:
-        """The parent run of this exact sweep (reused on re-runs), created if missing."""
+    def parent_run(self, name: str, sid: str, n_runs: int, preset: str,
+                   run_ids: Iterable[str] = ()) -> str:
+        """The parent run of this exact sweep (reused on re-runs), created if missing.
+
+        ``run_ids``: the config hashes of every run of the study. They are recorded on the parent
+        (``schema.MEMBERS_ARTIFACT``) so that the fit can select this study's runs, including the
+        ones another study created and this one skips as finished, which mlflow.parentRunId
+        would attribute to the other study alone.
+        """
         found = self.client.search_runs(
             [self.experiment_id],
             filter_string=f"tags.`dlm.role` = 'parent' and tags.`dlm.sweep_id` = '{sid}'",
             order_by=["attributes.start_time DESC"], max_results=1)
         if found:
-            run_id = found[0].info.run_id
+            run_id, tags = found[0].info.run_id, found[0].data.tags
             self.client.update_run(run_id, status="RUNNING")
-            return run_id
-        run = self.client.create_run(
-            self.experiment_id, run_name=f"{name}-{preset}-{sid[:6]}",
-            tags={"dlm.role": "parent", "dlm.sweep": name, "dlm.sweep_id": sid, "dlm.preset": preset,
-                  "dlm.n_runs": str(n_runs)})
-        return run.info.run_id
+        else:
+            run = self.client.create_run(
+                self.experiment_id, run_name=f"{name}-{preset}-{sid[:6]}",
+                tags={"dlm.role": "parent", "dlm.sweep": name, "dlm.sweep_id": sid,
+                      "dlm.preset": preset, "dlm.n_runs": str(n_runs)})
+            run_id, tags = run.info.run_id, {}
+        # A re-run keeps its parent's start_time; the fit's "latest study" reads this stamp too.
+        self.client.set_tag(run_id, S.TAG_INVOKED, str(int(time.time() * 1000)))
+        ids = sorted(set(run_ids))
+        if ids and S.TAG_MEMBERS not in tags:   # same sweep id -> same set: written once
+            self.client.log_dict(run_id, {"sweep_id": sid, "run_ids": ids}, S.MEMBERS_ARTIFACT)
+            self.client.set_tag(run_id, S.TAG_MEMBERS, S.MEMBERS_ARTIFACT)   # after: it is whole
+        return run_id
 
     def finished(self, configs: list[RunConfig]) -> set[str]:
         """Config hashes among `configs` whose MLflow run is FINISHED."""
