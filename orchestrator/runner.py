@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import secrets
 import sys
 import time
 from dataclasses import dataclass, field
@@ -235,6 +236,8 @@ def connect(address: str | None, num_cpus: int | None, verbose: bool):
         # Tune's boxed console tables are noise here: progress comes from the Progress callback
         # (results live in MLflow; Tune's own result files stay under out_dir/ray_results).
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    if not address:
+        os.environ.update(local_cluster_env())          # before Ray reads its constants (import)
     import ray
     if not verbose:
         for name in ("mlflow", "ray", "ray.tune", "alembic"):
@@ -244,10 +247,35 @@ def connect(address: str | None, num_cpus: int | None, verbose: bool):
                   logging_level=logging.INFO if verbose else logging.WARNING)
     if address:
         ray.init(address=address, **kwargs)
-    else:
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")          # purely local cluster
-        ray.init(address="local", num_cpus=num_cpus, **kwargs)
+        return ray
+    ray.init(address="local", num_cpus=num_cpus, _node_ip_address=LOOPBACK, **kwargs)
+    node_ip = ray.util.get_node_ip_address()
+    if node_ip != LOOPBACK:                 # e.g. Ray imported before local_cluster_env() was set
+        ray.shutdown()
+        raise RuntimeError(f"the embedded Ray node took the address {node_ip}, not {LOOPBACK}: its "
+                           "ports would be reachable from the network; start it from a fresh process")
     return ray
+
+
+LOOPBACK = "127.0.0.1"
+
+
+def local_cluster_env() -> dict[str, str]:
+    """Environment of the embedded cluster (inherited by its raylet, GCS, agents and workers).
+
+    Loopback only: Ray on Linux turns a `_node_ip_address` of 127.0.0.1 into the machine's
+    external address (services.resolve_ip_for_localhost) unless RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER
+    is off, its switch for "no multi-node cluster on this machine"; with it off the GCS, raylet,
+    worker, dashboard-agent and runtime-env-agent servers all bind 127.0.0.1 (tests/test_exposure.py
+    lists them). Token auth stays on, with a fresh random token per invocation passed in the
+    environment (RAY_AUTH_TOKEN, read by Ray's AuthenticationTokenLoader) rather than written to
+    ~/.ray/auth_token: another local user can neither reach the ports from outside nor call them
+    without the token. `ray status` etc. from another shell then fail with InvalidAuthToken, which
+    is the point; the sweep's own driver and workers inherit the token."""
+    env = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token"}
+    if os.environ.get("RAY_AUTH_MODE") != "token" or not os.environ.get("RAY_AUTH_TOKEN"):
+        env["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+    return env
 
 
 def alive_nodes(ray) -> int:
