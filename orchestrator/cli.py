@@ -120,28 +120,26 @@ def check_data(configs: list[RunConfig]) -> None:
 
 
 PROBE_MIN_RUNS = 10          # below this the probe (~2-3 s per model shape) costs more than it tells
+NOMINAL_TOKENS_PER_S = 50e3  # order of one CPU thread here (sweeps/recipe.py CPU_TOKENS_PER_S)
 
 
 def sweep_clock(todo: list[RunConfig], slots: int) -> SweepClock:
-    """The ETA of the per-run lines. Its prior: the dry run's throughput probe (estimate()) for
-    sweeps of >= PROBE_MIN_RUNS runs to do (measured on 2 loaded cores: 13.6 s for the quick
-    preset's 30 runs / 12 shapes, ~2% of its ~10 min; 16 s for smoke's 6 runs / 6 shapes, ~40% of
-    its ~40 s); below that, training tokens at a nominal 50k tokens/s. Either way the clock rescales
-    it by the actual / predicted seconds of the runs finished so far."""
+    """The ETA of the per-run lines. Its prior: the dry run's estimate (a throughput probe per model
+    shape) for sweeps of >= PROBE_MIN_RUNS runs to do (measured on 2 loaded cores: 13.6 s for the
+    quick preset's 30 runs / 12 shapes, ~2% of its ~10 min; 16 s for smoke's 6 runs / 6 shapes,
+    ~40% of its ~40 s); below that the same formula at a nominal NOMINAL_TOKENS_PER_S. Either way
+    the clock rescales it by the actual / predicted seconds of the runs finished so far."""
     t0 = time.perf_counter()
     if len(todo) >= PROBE_MIN_RUNS:
-        predicted = {r.cfg.run_id(): r.seconds for r in estimate(todo, progress=lambda line: None)}
+        rows = estimate(todo, progress=lambda line: None)
         source = f"throughput probe, {time.perf_counter() - t0:.0f} s"
     else:
-        predicted = {c.run_id(): plan(c, c.data.vocab_size).steps * c.train.batch_size * c.train.seq_len
-                     / NOMINAL_TOKENS_PER_S for c in todo}
-        source = "token counts"
+        rows = estimate(todo, progress=lambda line: None, tokens_per_s=lambda c, p: NOMINAL_TOKENS_PER_S)
+        source = f"nominal {NOMINAL_TOKENS_PER_S:,.0f} tokens/s"
+    predicted = {r.cfg.run_id(): r.seconds for r in rows}
     print(f"estimate: ~{fmt_minutes(makespan(list(predicted.values()), slots))} on {slots} slot(s) "
           f"({source}; rescaled as runs finish)", flush=True)
     return SweepClock(predicted, slots)
-
-
-NOMINAL_TOKENS_PER_S = 50e3  # order of one CPU thread here (sweeps/recipe.py CPU_TOKENS_PER_S)
 
 
 def longest_first(configs: list[RunConfig]) -> list[RunConfig]:

@@ -62,9 +62,9 @@ def local_cluster_env() -> dict[str, str]:
     worker, dashboard-agent and runtime-env-agent servers all bind 127.0.0.1 (tests/test_exposure.py
     lists them). Token auth stays on, with a fresh random token per invocation passed in the
     environment (RAY_AUTH_TOKEN, read by Ray's AuthenticationTokenLoader) rather than written to
-    ~/.ray/auth_token: another local user can neither reach the ports from outside nor call them
-    without the token. `ray status` etc. from another shell then fail with InvalidAuthToken, which
-    is the point; the sweep's own driver and workers inherit the token."""
+    ~/.ray/auth_token: nothing on the network reaches the ports, and a process on this machine
+    without the token is refused (InvalidAuthToken; `ray status` from another shell too, which is
+    the point). The sweep's own driver and workers inherit the token."""
     env = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token"}
     if os.environ.get("RAY_AUTH_MODE") != "token" or not os.environ.get("RAY_AUTH_TOKEN"):
         env["RAY_AUTH_TOKEN"] = secrets.token_hex(32)

@@ -55,14 +55,16 @@ def probe_tokens_per_s(cfg: RunConfig, p: Plan, steps: int = 6) -> float:
     return b * t / times[len(times) // 2]
 
 
-def estimate(configs: list[RunConfig], progress=print) -> list[Row]:
+def estimate(configs: list[RunConfig], progress=print, tokens_per_s=probe_tokens_per_s) -> list[Row]:
+    """Predicted slot seconds per run: training + evaluation tokens at `tokens_per_s(cfg, plan)`
+    (default: measured by a short probe per model shape) plus a fixed per-trial overhead."""
     cache: dict[tuple, float] = {}
     rows = []
     for cfg in configs:
         p = plan(cfg, cfg.data.vocab_size)
         key = _shape_key(cfg, p)
         if key not in cache:
-            cache[key] = probe_tokens_per_s(cfg, p)
+            cache[key] = tokens_per_s(cfg, p)
             progress(f"  probe {cfg.noise.family:<14} {cfg.size:<9}: {cache[key]:,.0f} tok/s")
         tok_s = cache[key]
         tc = cfg.train
@@ -146,5 +148,6 @@ class SweepClock:
         left = [(pred, now - self.start[rid] if rid in self.start else 0.0)
                 for rid, pred in self.predicted.items() if rid not in self.ended_ids]
         eta = eta_seconds(left, self.ratio(), self.slots)
+        r = self.ratio()
         return (f"sweep {fmt_minutes(now - self.t0)} elapsed, ~{fmt_minutes(eta)} left "
-                f"(runs take {self.ratio():.2f}x the estimate)")
+                f"(runs take {r:.{2 if r < 10 else 0}f}x the estimate)")

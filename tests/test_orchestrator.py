@@ -169,7 +169,8 @@ def test_interrupted_sweep_says_so_then_resumes_without_rerunning_finished_runs(
     none of Tune's noise or its Tuner.restore advice. While it runs, every socket the sweep's
     process tree listens on is loopback (tests/test_exposure.py). The same command then resumes."""
     from tests.test_exposure import is_loopback, listening
-    proc = orchestrate(tmp_path, "smoke", stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    tiny = ("--budgets", "3e10")                  # 6 runs of ~2 s of training each (unloaded)
+    proc = orchestrate(tmp_path, "smoke", *tiny, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline, sockets = time.time() + 400, []
     while finished_children(tmp_path) < 2 and time.time() < deadline and proc.poll() is None:
         sockets = listening(proc.pid) or sockets
@@ -197,7 +198,7 @@ def test_interrupted_sweep_says_so_then_resumes_without_rerunning_finished_runs(
     assert not [c for c in children if c.info.status == "RUNNING"], [c.info.status for c in children]
     print(f"\ninterrupted: {line}\nchildren: {sorted(c.info.status for c in children)}")
 
-    again = orchestrate(tmp_path, "smoke")
+    again = orchestrate(tmp_path, "smoke", *tiny)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert f"{len(first)} skipped as already finished" in again.stdout
     assert [p.info.status for p in runs(tmp_path, "parent")[1]] == ["FINISHED"]
