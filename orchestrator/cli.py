@@ -2,18 +2,26 @@
 
 Expands the sweep (pure, validated before Ray starts), prints the dry-run table or runs every trial
 on Ray Tune, skipping FINISHED runs, resuming partial ones and retrying failed workers. The end
-summary and the exit code (0: nothing failed, 1: some runs failed, 2: bad input) say what happened.
+summary and the exit code say what happened:
+
+    0    every run of the sweep is FINISHED (trained now or before)
+    1    some runs failed or did not finish (the summary lists them); the parent run is FAILED
+    2    bad input, found before Ray starts (or, for what only the cluster knows, before any trial)
+    130  interrupted by SIGINT (Ctrl-C), 143 by SIGTERM (128 + the signal, as shells report it):
+         the parent run and the runs cut off are KILLED; run the same command again to resume
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import os
+import signal
 import sys
+import time
 from pathlib import Path
 
 import sweeps
-from orchestrator.estimate import estimate, table
+from orchestrator.estimate import SweepClock, estimate, fmt_minutes, makespan, table
 from orchestrator.tracking import SweepTracking, sweep_id
 from trainer.config import RunConfig
 from trainer.tracking import resolve_uri
@@ -21,7 +29,23 @@ from trainer.train import plan
 
 
 def _csv(kind):
-    return lambda s: tuple(kind(x) for x in s.split(",") if x)
+    def parse_list(text: str) -> tuple:
+        items = tuple(kind(x) for x in text.split(",") if x.strip())
+        if not items:                      # '--budgets ""' must not silently mean "the recipe's"
+            raise argparse.ArgumentTypeError(f"empty list {text!r}; give comma-separated values")
+        return items
+    parse_list.__name__ = f"comma-separated {kind.__name__}"      # argparse names it in errors
+    return parse_list
+
+
+def _count(minimum: int):
+    def parse_count(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {value}")
+        return value
+    parse_count.__name__ = "integer"
+    return parse_count
 
 
 def parse(argv):
@@ -40,10 +64,10 @@ def parse(argv):
     ap.add_argument("--out-dir", default="runs", help="checkpoint root (shared storage on clusters)")
     ap.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
                     help="Ray cluster to join (default $RAY_ADDRESS; unset = embedded local Ray)")
-    ap.add_argument("--num-cpus", type=int, default=None, help="CPUs of the embedded local Ray")
-    ap.add_argument("--slots", type=int, default=None, help="parallel trials assumed by --dry-run")
-    ap.add_argument("--max-retries", type=int, default=2, help="retries of a trial whose worker died")
-    ap.add_argument("--samples", type=int, default=None, help="hparams: trials per base config")
+    ap.add_argument("--num-cpus", type=_count(1), default=None, help="CPUs of the embedded local Ray")
+    ap.add_argument("--slots", type=_count(1), default=None, help="parallel trials assumed by --dry-run")
+    ap.add_argument("--max-retries", type=_count(0), default=2, help="retries of a trial whose worker died")
+    ap.add_argument("--samples", type=_count(1), default=None, help="hparams: trials per base config")
     ap.add_argument("--verbose", action="store_true", help="forward worker logs (DeepSpeed, Ray)")
     return ap.parse_args(argv)
 
@@ -66,7 +90,56 @@ def build(args) -> list[RunConfig]:
             _check_choices(c, space)
         except ValueError as exc:
             raise ValueError(f"run {c.noise.family}/{c.size}/C={c.train.budget_flops:.3g}: {exc}") from None
+    check_data(configs)
     return configs
+
+
+def check_data(configs: list[RunConfig]) -> None:
+    """What each run asks of its corpus, checked on the driver: user paths exist (CorpusError names
+    the file), the validation split holds train.eval_seqs windows, the training split holds
+    train.data_pool_tokens. Opening a cached corpus takes ~0.04 s; a missing cache is built here
+    once (the trials would otherwise build it, one at a time under its lock, inside Ray)."""
+    from trainer.data import load_corpus
+    corpora = {}
+    for c in configs:
+        if c.data not in corpora:
+            try:
+                corpora[c.data] = load_corpus(c.data)
+            except ValueError as exc:                       # CorpusError: a path, file or column
+                raise ValueError(f"data: {exc}") from None
+        corpus, tc = corpora[c.data], c.train
+        where = f"run {c.noise.family}/{c.size}/C={tc.budget_flops:.3g}"
+        need = tc.eval_seqs * (tc.seq_len + 1)
+        if need > len(corpus.val):
+            raise ValueError(f"{where}: train.eval_seqs={tc.eval_seqs} windows of seq_len+1={tc.seq_len + 1} "
+                             f"need {need} validation tokens; the corpus has {len(corpus.val)} (at most "
+                             f"{len(corpus.val) // (tc.seq_len + 1)} windows, or raise data.val_fraction)")
+        if tc.data_pool_tokens is not None and tc.data_pool_tokens > len(corpus.train):
+            raise ValueError(f"{where}: train.data_pool_tokens={tc.data_pool_tokens} exceeds the "
+                             f"corpus's {len(corpus.train)} training tokens")
+
+
+PROBE_MIN_RUNS = 10          # below this the probe (~2-3 s per model shape) costs more than it tells
+NOMINAL_TOKENS_PER_S = 50e3  # order of one CPU thread here (sweeps/recipe.py CPU_TOKENS_PER_S)
+
+
+def sweep_clock(todo: list[RunConfig], slots: int) -> SweepClock:
+    """The ETA of the per-run lines. Its prior: the dry run's estimate (a throughput probe per model
+    shape) for sweeps of >= PROBE_MIN_RUNS runs to do (measured on 2 loaded cores: 13.6 s for the
+    quick preset's 30 runs / 12 shapes, ~2% of its ~10 min; 16 s for smoke's 6 runs / 6 shapes,
+    ~40% of its ~40 s); below that the same formula at a nominal NOMINAL_TOKENS_PER_S. Either way
+    the clock rescales it by the actual / predicted seconds of the runs finished so far."""
+    t0 = time.perf_counter()
+    if len(todo) >= PROBE_MIN_RUNS:
+        rows = estimate(todo, progress=lambda line: None)
+        source = f"throughput probe, {time.perf_counter() - t0:.0f} s"
+    else:
+        rows = estimate(todo, progress=lambda line: None, tokens_per_s=lambda c, p: NOMINAL_TOKENS_PER_S)
+        source = f"nominal {NOMINAL_TOKENS_PER_S:,.0f} tokens/s"
+    predicted = {r.cfg.run_id(): r.seconds for r in rows}
+    print(f"estimate: ~{fmt_minutes(makespan(list(predicted.values()), slots))} on {slots} slot(s) "
+          f"({source}; rescaled as runs finish)", flush=True)
+    return SweepClock(predicted, slots)
 
 
 def longest_first(configs: list[RunConfig]) -> list[RunConfig]:
@@ -101,44 +174,78 @@ def main(argv=None) -> int:
         return 0
 
     from orchestrator import runner
-    ray = runner.connect(args.address, args.num_cpus, args.verbose)
-    try:
-        uri = configs[0].io.tracking_uri
-        if runner.alive_nodes(ray) > 1 and uri.startswith("sqlite"):
-            print(f"error: a {runner.alive_nodes(ray)}-node Ray cluster cannot share the sqlite store "
-                  f"{uri}; start an MLflow server (mlflow server --host <reachable address> "
-                  "--backend-store-uri sqlite:///...) and pass --tracking-uri http://host:port "
-                  "or set MLFLOW_TRACKING_URI", file=sys.stderr)
-            return 2
-        tracking = SweepTracking(uri, configs[0].io.experiment)     # store + experiment, once
-        sid = sweep_id(configs)
-        parent = tracking.parent_run(name, sid, len(configs), args.preset or "default")
-        done = tracking.finished(configs)
-        todo = [dataclasses.replace(c, io=dataclasses.replace(c.io, parent_run_id=parent))
-                for c in configs if c.run_id() not in done]
-        todo = longest_first(todo)
-        print(f"sweep {name}: {len(configs)} runs, {len(done)} already finished, {len(todo)} to run "
-              f"on {runner.alive_nodes(ray)} node(s); MLflow {uri} (parent run {parent})", flush=True)
-        out = runner.Outcome()
-        space = sweeps.search_space(args.sweep, preset=args.preset)
-        if space is not None and args.samples:
-            space = dataclasses.replace(space, num_samples=args.samples)
-        storage = Path(args.out_dir) / "ray_results"
-        if space is not None:                   # an optimiser proposes the points (hparams)
-            from orchestrator.search import run_searches
-            bases = [dataclasses.replace(c, io=dataclasses.replace(c.io, parent_run_id=parent))
-                     for c in configs]
-            out = run_searches(bases, space, sweep=name, storage=storage, max_retries=args.max_retries,
-                               slots=runner.slots(configs[0]), verbose=args.verbose)
-        elif todo:
-            out = runner.run_trials(todo, sweep=name, storage=storage, max_retries=args.max_retries,
-                                    done_before=len(done), total=len(configs), verbose=args.verbose)
-        out.skipped += 0 if space is not None else len(done)
-        tracking.close_parent(parent, out.summary(), failed=out.failed > 0)
-    finally:
-        ray.shutdown()
-    print(f"sweep {name} summary: {out.finished} finished ({out.resumed} resumed from checkpoints), "
-          f"{out.skipped} skipped as already finished, {out.failed} failed")
+    out, parent, tracking = runner.Outcome(), None, None
+    with runner.interruptible():
+        try:
+            ray = runner.connect(args.address, args.num_cpus, args.verbose)
+        except KeyboardInterrupt as exc:
+            sig = runner.signal_name(exc)
+            print(f"sweep {name} interrupted ({sig}) while starting Ray; nothing ran", flush=True)
+            return 128 + signal.Signals[sig]
+        try:
+            uri = configs[0].io.tracking_uri
+            if runner.alive_nodes(ray) > 1 and uri.startswith("sqlite"):
+                print(f"error: a {runner.alive_nodes(ray)}-node Ray cluster cannot share the sqlite store "
+                      f"{uri}; start an MLflow server (mlflow server --host <reachable address> "
+                      "--backend-store-uri sqlite:///...) and pass --tracking-uri http://host:port "
+                      "or set MLFLOW_TRACKING_URI", file=sys.stderr)
+                return 2
+            try:
+                runner.check_fits(configs)
+            except ValueError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
+            tracking = SweepTracking(uri, configs[0].io.experiment)     # store + experiment, once
+            sid = sweep_id(configs)
+            parent = tracking.parent_run(name, sid, len(configs), args.preset or "default")
+            done = tracking.finished(configs)
+            todo = [dataclasses.replace(c, io=dataclasses.replace(c.io, parent_run_id=parent))
+                    for c in configs if c.run_id() not in done]
+            todo = longest_first(todo)
+            out.skipped, out.not_run = len(done), len(todo)
+            print(f"sweep {name}: {len(configs)} runs, {len(done)} already finished, {len(todo)} to run "
+                  f"on {runner.alive_nodes(ray)} node(s); MLflow {uri} (parent run {parent})", flush=True)
+            space = sweeps.search_space(args.sweep, preset=args.preset)
+            if space is not None and args.samples:
+                space = dataclasses.replace(space, num_samples=args.samples)
+            storage = Path(args.out_dir) / "ray_results"
+            if space is not None:                   # an optimiser proposes the points (hparams)
+                from orchestrator.search import run_searches
+                bases = [dataclasses.replace(c, io=dataclasses.replace(c.io, parent_run_id=parent))
+                         for c in configs]
+                out = run_searches(bases, space, sweep=name, storage=storage, max_retries=args.max_retries,
+                                   slots=runner.slots(configs[0]), verbose=args.verbose)
+            elif todo:
+                clock = sweep_clock(todo, runner.slots(todo[0]))
+                out = runner.run_trials(todo, sweep=name, storage=storage, max_retries=args.max_retries,
+                                        done_before=len(done), total=len(configs), verbose=args.verbose,
+                                        eta=clock)
+                out.skipped += len(done)
+            else:
+                out.not_run = 0
+        except KeyboardInterrupt as exc:            # outside Tune's fit (which counts its own)
+            out.interrupted = runner.signal_name(exc)
+        finally:
+            runner.hold_signals()                   # the cleanup below records the outcome: finish it
+            ray.shutdown()                          # ends every trial still training
+        if tracking is not None and parent is not None:
+            status = "KILLED" if out.interrupted else "FINISHED" if out.complete() else "FAILED"
+            # cut off = started here and never reported an end (a run that ended BUSY, or one never
+            # started here, may belong to another live writer: not ours to close)
+            tracking.close_parent(parent, out.summary(), status, stopped=out.started - out.ended)
+    counts = (f"{out.finished} finished ({out.resumed} resumed from checkpoints), {out.skipped} skipped "
+              f"as already finished, {out.failed} failed")
+    counts += f", {out.not_finished} did not finish" if out.not_finished else ""
+    if out.interrupted:
+        print(f"sweep {name} interrupted ({out.interrupted}): {counts}, {out.not_run} not run; "
+              f"run the same command again to resume", flush=True)
+    else:
+        counts += f", {out.not_run} not run" if out.not_run else ""
+        print(f"sweep {name} summary: {counts}")
     for line in out.failures:
         print(f"  failed: {line}")
-    return 1 if out.failed else 0
+    for line in out.unfinished:
+        print(f"  not finished: {line}")
+    if out.interrupted:
+        return 128 + signal.Signals[out.interrupted]
+    return 0 if out.complete() else 1

@@ -55,14 +55,16 @@ def probe_tokens_per_s(cfg: RunConfig, p: Plan, steps: int = 6) -> float:
     return b * t / times[len(times) // 2]
 
 
-def estimate(configs: list[RunConfig], progress=print) -> list[Row]:
+def estimate(configs: list[RunConfig], progress=print, tokens_per_s=probe_tokens_per_s) -> list[Row]:
+    """Predicted slot seconds per run: training + evaluation tokens at `tokens_per_s(cfg, plan)`
+    (default: measured by a short probe per model shape) plus a fixed per-trial overhead."""
     cache: dict[tuple, float] = {}
     rows = []
     for cfg in configs:
         p = plan(cfg, cfg.data.vocab_size)
         key = _shape_key(cfg, p)
         if key not in cache:
-            cache[key] = probe_tokens_per_s(cfg, p)
+            cache[key] = tokens_per_s(cfg, p)
             progress(f"  probe {cfg.noise.family:<14} {cfg.size:<9}: {cache[key]:,.0f} tok/s")
         tok_s = cache[key]
         tc = cfg.train
@@ -100,3 +102,52 @@ def table(rows: list[Row], slots: int) -> str:
     return "\n".join(lines)
 
 
+
+
+# --- whole-sweep progress while it runs ---------------------------------------------------------
+
+def eta_seconds(left: list[tuple[float, float]], ratio: float, slots: int) -> float:
+    """Wall seconds until the sweep ends. `left`: (predicted seconds, seconds already run) of each
+    run not ended yet (0 for those not started); `ratio`: actual / predicted seconds over the runs
+    finished so far (the machine's load and the probe's bias in one number). A running run has
+    ratio x predicted - elapsed to go (at least 0); the rest are scheduled longest-first."""
+    return makespan([max(0.0, ratio * pred - ran) for pred, ran in left], slots)
+
+
+def fmt_minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds < 3600 else f"{seconds / 3600:.1f} h"
+
+
+class SweepClock:
+    """Elapsed time and ETA of a running sweep for the per-run progress lines: the predicted
+    seconds of each run (estimate(): the dry run's probe, or any prior with the right relative
+    costs), rescaled by how long the runs finished so far actually took."""
+
+    def __init__(self, predicted: dict[str, float], slots: int, clock=time.perf_counter):
+        self.predicted, self.slots, self.clock = predicted, max(1, slots), clock
+        self.t0 = clock()
+        self.start: dict[str, float] = {}
+        self.ended_ids: set[str] = set()
+        self.actual = self.expected = 0.0           # over runs finished from scratch here
+
+    def started(self, run_id: str) -> None:
+        self.start.setdefault(run_id, self.clock())
+
+    def ended(self, run_id: str, trial_seconds: float | None) -> None:
+        """`trial_seconds` of a run trained from scratch, else None (failed, skipped, resumed)."""
+        self.ended_ids.add(run_id)
+        if trial_seconds is not None and run_id in self.predicted:
+            self.actual += trial_seconds
+            self.expected += self.predicted[run_id]
+
+    def ratio(self) -> float:
+        return self.actual / self.expected if self.expected > 0 else 1.0
+
+    def line(self) -> str:
+        now = self.clock()
+        left = [(pred, now - self.start[rid] if rid in self.start else 0.0)
+                for rid, pred in self.predicted.items() if rid not in self.ended_ids]
+        eta = eta_seconds(left, self.ratio(), self.slots)
+        r = self.ratio()
+        return (f"sweep {fmt_minutes(now - self.t0)} elapsed, ~{fmt_minutes(eta)} left "
+                f"(runs take {r:.{2 if r < 10 else 0}f}x the estimate)")

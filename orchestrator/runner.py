@@ -14,23 +14,15 @@ workers' resources, since Tune cannot see them.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from orchestrator.cluster import (Interrupted, LOOPBACK, connect, hold_signals,  # noqa: F401 (re-exported)
+                                  interruptible, signal_name)
 from trainer.config import RunConfig
-
-REPO = Path(__file__).resolve().parents[1]
-QUIET_ENV = {
-    "DS_ACCELERATOR": "cpu",               # overridden per trial on GPU placements
-    "PYTHONWARNINGS": "ignore",
-    "RAY_DEDUP_LOGS": "1",
-    "TOKENIZERS_PARALLELISM": "false",
-}
-
 
 # The Tune trial of a multi-worker run only drives a TorchTrainer; its request must not be empty
 # (STACK.md: Tune over Ray Train), and it must not hold a CPU a training worker needs.
@@ -170,27 +162,50 @@ class Outcome:
     resumed: int = 0           # of which resumed from a checkpoint
     skipped: int = 0           # already FINISHED before this invocation
     failed: int = 0
+    not_finished: int = 0      # ended with any other status (e.g. another writer holds the run)
+    not_run: int = 0           # never reported an end: interrupted, or never started
+    interrupted: str = ""      # the signal that stopped the sweep ('SIGINT', 'SIGTERM'), if any
     failures: list[str] = field(default_factory=list)
+    unfinished: list[str] = field(default_factory=list)
     trial_seconds: list[float] = field(default_factory=list)
     loop_seconds: list[float] = field(default_factory=list)
+    started: set[str] = field(default_factory=set)     # run ids whose trial started here
+    ended: set[str] = field(default_factory=set)       # run ids that reported an end (any status)
     wall_seconds: float = 0.0
     slots: int = 1
 
     def summary(self) -> dict[str, int]:
         return {"finished": self.finished, "resumed": self.resumed, "skipped": self.skipped,
-                "failed": self.failed}
+                "failed": self.failed, "not_finished": self.not_finished, "not_run": self.not_run}
+
+    def ends(self) -> int:
+        """Trials that reported an end, whatever it was."""
+        return self.finished + self.skipped + self.failed + self.not_finished
+
+    def complete(self) -> bool:
+        return not (self.failed or self.not_finished or self.not_run or self.interrupted)
 
 
-def progress_callback(total: int, done_before: int, out: Outcome):
+def progress_callback(total: int, done_before: int, out: Outcome, resolve=None, eta=None):
+    """`resolve(trial.config) -> RunConfig` (default: the trial's 'run' entry); `eta`: a
+    SweepClock whose progress text is added to each per-run line."""
     from ray.tune import Callback
+
+    resolve = resolve or (lambda config: RunConfig.from_dict(config["run"]))
 
     class Progress(Callback):
         """One compact line per evaluation and per finished trial, instead of Tune's tables."""
         def __init__(self):
             self.count = done_before
 
+        def on_trial_start(self, iteration, trials, trial, **info):
+            rid = resolve(trial.config).run_id()
+            out.started.add(rid)
+            if eta is not None:
+                eta.started(rid)
+
         def on_trial_result(self, iteration, trials, trial, result, **info):
-            run = RunConfig.from_dict(trial.config["run"])
+            run = resolve(trial.config)
             tag = f"{run.noise.family:<14} {run.size:<9} C={run.train.budget_flops:.1e}"
             if result.get("event") == "eval":
                 pct = 100 * result["flops"] / result["budget_flops"]
@@ -198,6 +213,7 @@ def progress_callback(total: int, done_before: int, out: Outcome):
                       f"{result['tokens_per_s']:,.0f} tok/s", flush=True)
                 return
             self.count += 1
+            out.ended.add(run.run_id())
             status = result["status"]
             if status == "FAILED":
                 out.failed += 1
@@ -207,47 +223,63 @@ def progress_callback(total: int, done_before: int, out: Outcome):
                 out.resumed += int(result["resumed_from"] > 0)
                 out.trial_seconds.append(result["trial_seconds"])
                 out.loop_seconds.append(result["loop_seconds"])
-            else:
+            elif status == "SKIPPED":
                 out.skipped += 1
+            else:                                 # any other end (e.g. the run is busy elsewhere)
+                out.not_finished += 1
+                out.unfinished.append(f"{run.run_id()} {tag}: {status} {result['reason']}".rstrip())
+            if eta is not None:                   # only runs trained from scratch calibrate the ETA
+                fresh = status == "FINISHED" and not result["resumed_from"]
+                eta.ended(run.run_id(), result["trial_seconds"] if fresh else None)
             extra = f" (resumed at step {result['resumed_from']})" if result["resumed_from"] else ""
+            clock = f"  | {eta.line()}" if eta is not None else ""
             print(f"[{self.count}/{total}] {status:<8} {tag}  val_nelbo "
-                  f"{result['final_val_nelbo']:.4f}  {result['trial_seconds']:.0f} s{extra}", flush=True)
+                  f"{result['final_val_nelbo']:.4f}  {result['trial_seconds']:.0f} s{extra}{clock}",
+                  flush=True)
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            run = RunConfig.from_dict(trial.config["run"])
+            run = resolve(trial.config)
             out.failed += 1
+            out.ended.add(run.run_id())
             out.failures.append(f"{run.run_id()} {run.noise.family} {run.size}: worker error "
                                 f"(retries exhausted), see {trial.local_path}")
             self.count += 1
+            if eta is not None:
+                eta.ended(run.run_id(), None)
             print(f"[{self.count}/{total}] ERROR    {run.noise.family} {run.size}", flush=True)
 
         def on_trial_recover(self, iteration, trials, trial, **info):
-            run = RunConfig.from_dict(trial.config["run"])
+            run = resolve(trial.config)
             print(f"  retrying {run.noise.family} {run.size} (worker failed; resumes from its "
                   f"checkpoint)", flush=True)
 
     return Progress()
 
 
-def connect(address: str | None, num_cpus: int | None, verbose: bool):
-    """Embedded local Ray (address 'local') unless RAY_ADDRESS / --address names a cluster."""
-    if not verbose:
-        # Tune's boxed console tables are noise here: progress comes from the Progress callback
-        # (results live in MLflow; Tune's own result files stay under out_dir/ray_results).
-        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+_FIELDS = {"CPU": "engine.threads", "GPU": "engine.device"}     # which knob asks for a resource
+
+
+def check_fits(configs: list[RunConfig]) -> None:
+    """Every trial fits the connected cluster, or ValueError naming the field and the resources:
+    Tune would otherwise keep an unplaceable trial PENDING forever (engine.threads=4 on 2 CPUs) or
+    hand a CUDA job to a CPU-only cluster. One training process must fit on one node; a
+    multi-worker trial's processes together must fit the cluster."""
     import ray
-    if not verbose:
-        for name in ("mlflow", "ray", "ray.tune", "alembic"):
-            logging.getLogger(name).setLevel(logging.WARNING)
-    env = dict(QUIET_ENV, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-    kwargs = dict(include_dashboard=False, log_to_driver=verbose, runtime_env={"env_vars": env},
-                  logging_level=logging.INFO if verbose else logging.WARNING)
-    if address:
-        ray.init(address=address, **kwargs)
-    else:
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")          # purely local cluster
-        ray.init(address="local", num_cpus=num_cpus, **kwargs)
-    return ray
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    total = ray.cluster_resources()
+    have = ", ".join(f"{k}={v:g}" for k, v in sorted(total.items()) if k in ("CPU", "GPU"))
+    for cfg in {c.engine: c for c in configs}.values():
+        e = cfg.engine
+        per = worker_resources(cfg)
+        setting = f"engine.device={e.device!r}, engine.threads={e.threads}, engine.workers={e.workers}"
+        if not any(all(node.get(k, 0) >= v for k, v in per.items()) for node in nodes):
+            short = sorted(k for k, v in per.items() if max(n.get(k, 0) for n in nodes) < v)
+            raise ValueError(f"{'/'.join(_FIELDS.get(k, k) for k in short)}: one training process "
+                             f"needs {per} ({setting}), but no node of the cluster has that "
+                             f"(cluster: {have or 'no CPU or GPU'})")
+        need = footprint(cfg)
+        if any(total.get(k, 0) < v for k, v in need.items()):
+            raise ValueError(f"engine.workers: a trial needs {need} ({setting}); the cluster has {have}")
 
 
 def alive_nodes(ray) -> int:
@@ -264,7 +296,10 @@ def slots(cfg: RunConfig) -> int:
 
 
 def run_trials(configs: list[RunConfig], *, sweep: str, storage: Path, max_retries: int,
-               done_before: int, total: int, verbose: bool) -> Outcome:
+               done_before: int, total: int, verbose: bool, eta=None) -> Outcome:
+    """Run `configs` as one Tune experiment. An `Interrupted` signal ends it early: the Outcome
+    then counts every config that never reported an end as not run (Ray is shut down by the
+    caller, which ends the trials still training)."""
     from ray import tune
 
     out = Outcome(slots=slots(configs[0]))
@@ -281,10 +316,15 @@ def run_trials(configs: list[RunConfig], *, sweep: str, storage: Path, max_retri
         run_config=tune.RunConfig(
             name=sweep, storage_path=str(storage.resolve()), verbose=0,
             failure_config=tune.FailureConfig(max_failures=max_retries),
-            callbacks=[progress_callback(total, done_before, out)]),
+            callbacks=[progress_callback(total, done_before, out, eta=eta)]),
     )
     t0 = time.perf_counter()
-    tuner.fit()
+    try:
+        tuner.fit()
+    except KeyboardInterrupt as exc:
+        out.interrupted = signal_name(exc)
     out.wall_seconds = time.perf_counter() - t0
+    # runs Tune never ended (interrupted, or never started): not finished, whatever the reason
+    out.not_run = len({c.run_id() for c in configs} - out.ended)
     sys.stdout.flush()
     return out

@@ -23,13 +23,17 @@ def _distributions(space) -> dict:
     return dists
 
 
-def run_trial_point(config: dict) -> None:
-    """Trainable: the base config with the searcher's point applied."""
+def point_config(config: dict) -> RunConfig:
+    """The base config with the searcher's point applied (a trial's config -> its RunConfig)."""
     base = RunConfig.from_dict(config["run"])
     point = {k: v for k, v in config.items() if k != "run"}
-    cfg = base.with_overrides([f"{k}={json.dumps(getattr(v, 'item', lambda: v)())}"
-                               for k, v in sorted(point.items())])
-    runner.run_trial({"run": cfg.to_dict()})
+    return base.with_overrides([f"{k}={json.dumps(getattr(v, 'item', lambda: v)())}"
+                                for k, v in sorted(point.items())])
+
+
+def run_trial_point(config: dict) -> None:
+    """Trainable: one proposed point, trained like a grid trial."""
+    runner.run_trial({"run": point_config(config).to_dict()})
 
 
 def _stored_trials(db, study: str) -> int:
@@ -77,7 +81,13 @@ def run_searches(bases: list[RunConfig], space, *, sweep: str, storage: Path, ma
             run_config=tune.RunConfig(
                 name=study, storage_path=str(storage.resolve()), verbose=0,
                 failure_config=tune.FailureConfig(max_failures=max_retries),
-                callbacks=[runner.progress_callback(total, out.finished + out.skipped + out.failed, out)]))
-        tuner.fit()
+                callbacks=[runner.progress_callback(total, out.ends(), out, resolve=point_config)]))
+        try:
+            tuner.fit()
+        except KeyboardInterrupt as exc:
+            out.interrupted = runner.signal_name(exc)
+            break
+        finally:
+            out.not_run = total - out.ends()          # this study's and the later ones' points
         _report_best(db, study, space)
     return out

@@ -75,6 +75,16 @@ class SweepTracking:
             if not token:
                 return done
 
-    def close_parent(self, run_id: str, summary: dict[str, int], failed: bool) -> None:
+    def close_parent(self, run_id: str, summary: dict[str, int], status: str,
+                     stopped: set[str] = frozenset()) -> None:
+        """End the parent run with `status` (FINISHED, FAILED or KILLED) and the summary counts as
+        tags. `stopped`: config hashes of trials this invocation started that never reported an end;
+        any of them still RUNNING once Ray is down was cut off (an interrupt): KILLED too."""
         self.client.log_batch(run_id, tags=[RunTag(f"dlm.summary.{k}", str(v)) for k, v in summary.items()])
-        self.client.set_terminated(run_id, status="FAILED" if failed else "FINISHED")
+        if stopped:
+            for run in self.client.search_runs(
+                    [self.experiment_id], max_results=10_000,
+                    filter_string="tags.`dlm.role` = 'trial' and attributes.status = 'RUNNING'"):
+                if run.data.tags.get("dlm.run_id") in stopped:
+                    self.client.set_terminated(run.info.run_id, status="KILLED")
+        self.client.set_terminated(run_id, status=status)

@@ -59,6 +59,9 @@ class TrainConfig:
     """Independent (t, z_t) draws per validation window (fixed seed, identical for every run)."""
 
     def __post_init__(self):
+        check_types(type(self), vars(self), "train.")
+        if self.seed < 0:
+            raise ValueError(f"train.seed must be a non-negative integer, got {self.seed}")
         _positive(self, "train", ("budget_flops", "batch_size", "seq_len", "lr", "evals", "eval_seqs",
                                   "eval_t_repeats"))
         if not math.isfinite(self.budget_flops):
@@ -71,8 +74,9 @@ class TrainConfig:
         if self.flop_convention not in CONVENTIONS:
             raise ValueError(f"train.flop_convention must be one of {sorted(CONVENTIONS)}, "
                              f"got {self.flop_convention!r}")
-        if self.weight_decay < 0 or self.grad_clip < 0:
-            raise ValueError("train.weight_decay and train.grad_clip must be >= 0")
+        for name in ("weight_decay", "grad_clip"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)}")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
             raise ValueError("train.beta1 and train.beta2 must be in [0, 1)")
         if self.data_pool_tokens is not None and self.data_pool_tokens <= self.seq_len:
@@ -109,6 +113,7 @@ class EngineConfig:
     train.eval_seqs must be divisible by it; results match one rank up to float summation order."""
 
     def __post_init__(self):
+        check_types(type(self), vars(self), "engine.")
         if self.zero_stage not in (0, 1, 2, 3):
             raise ValueError(f"engine.zero_stage must be 0-3, got {self.zero_stage}")
         if self.device not in ("auto", "cpu", "cuda"):
@@ -137,6 +142,7 @@ class IOConfig:
     """MLflow parent (sweep) run id, set by the orchestrator."""
 
     def __post_init__(self):
+        check_types(type(self), vars(self), "io.")
         if self.ckpt_every_min <= 0:
             raise ValueError(f"io.ckpt_every_min must be > 0, got {self.ckpt_every_min}")
         if self.keep_ckpts < 1:
@@ -162,6 +168,7 @@ class RunConfig:
     """Sweep (study) this run belongs to; a tag, and part of the run id."""
 
     def __post_init__(self):
+        check_types(type(self), vars(self), "")
         if self.size not in LADDER:
             raise ValueError(f"size: unknown ladder size {self.size!r}; known: {', '.join(LADDER)}")
         if self.mlp not in MLP_HIDDEN:
@@ -255,7 +262,35 @@ def _build(cls, d: dict, prefix: str):
             kwargs[k] = tuple(v)                     # JSON arrays -> the tuples the configs use
         else:
             kwargs[k] = v
+    check_types(cls, kwargs, prefix)                 # also the sections defined elsewhere
     return cls(**kwargs)
+
+
+_SCALARS = {"float": (int, float), "int": (int,), "str": (str,), "bool": (bool,)}
+
+
+def check_types(cls, values: dict, prefix: str) -> None:
+    """Each scalar field's value against its annotation (float, int, str, bool, optionally
+    `| None`), so that `--set train.weight_decay=abc` says which field wants what instead of a
+    TypeError from the first comparison; float fields must also be finite (a NaN compares False
+    with everything, e.g. `io.ckpt_every_min=NaN` would silently never checkpoint). An int is a
+    valid float; a bool is neither. Sections and tuples are left to their own checks."""
+    for f in dataclasses.fields(cls):
+        if f.name not in values:
+            continue
+        kinds = [k.strip() for k in (f.type.__name__ if isinstance(f.type, type) else str(f.type)).split("|")]
+        nullable = "None" in kinds
+        kinds = [k for k in kinds if k != "None"]
+        if len(kinds) != 1 or kinds[0] not in _SCALARS:
+            continue
+        kind, value = kinds[0], values[f.name]
+        if value is None and nullable:
+            continue
+        if not isinstance(value, _SCALARS[kind]) or (isinstance(value, bool) and kind != "bool"):
+            raise ValueError(f"{prefix}{f.name} must be {'an' if kind == 'int' else 'a'} {kind}"
+                             f"{' or null' if nullable else ''}, got {value!r}")
+        if kind == "float" and not math.isfinite(value):
+            raise ValueError(f"{prefix}{f.name} must be finite, got {value!r}")
 
 
 def _positive(obj, section: str, names) -> None:

@@ -79,9 +79,14 @@ def init_distributed(place: Placement) -> tuple[int, int]:
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if place.device.type == "cuda" else "cpu")
     quiet_logs()
     import deepspeed                                   # after DS_ACCELERATOR is set
-    if "RANK" not in os.environ:
+    if "RANK" not in os.environ and not torch.distributed.is_initialized():
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
                           MASTER_PORT=str(free_port()))
+        # One process needs no rendezvous: an in-process store instead of env:// whose TCPStore
+        # would listen on MASTER_PORT on every interface ('::', whatever MASTER_ADDR says), open to
+        # the network for the whole run (tests/test_exposure.py). DeepSpeed adopts the group.
+        torch.distributed.init_process_group(place.backend, store=torch.distributed.HashStore(),
+                                             rank=0, world_size=1)
     # LOCAL_SIZE is deliberately left unset. DeepSpeed's CPU accelerator would read it in
     # device_count() instead of running `numactl --hardware` once per ZeRO-3 step (~0.15 ms here),
     # but its shm comm op reads it too: LOCAL_SIZE == world size makes every process create a 69 MB
