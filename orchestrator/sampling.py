@@ -1,7 +1,7 @@
 """The sampling stage: every finished run of a study sampled at several step counts, on Ray.
 
-    python -m orchestrator.sampling EXPERIMENT [--steps 8,16,32,64,128] [--n 32] [--seed 0]
-        [--judge RUN] [--tracking-uri URI] [--address ADDR] [--num-cpus N] [--threads 1]
+    python -m orchestrator.sampling EXPERIMENT [--out-dir runs] [--steps 8,16,32,64,128] [--n 32]
+        [--seed 0] [--judge RUN] [--tracking-uri URI] [--address ADDR] [--num-cpus N] [--threads 1]
     make sample SWEEP=smoke            # then: make speed-quality SWEEP=smoke
 
 For each FINISHED trial of the experiment (its weights are out_dir/<run_id>/model.pt, MLflow tag
@@ -14,6 +14,11 @@ run under a sampling parent run, in the layout analysis/speed_quality.py documen
 runs already sampled with the same settings and judge. Timings from tasks that share a machine are
 comparable with each other, not with an idle machine (bench/bench_sampling.py has the clean ratios).
 Exit codes: 0 ok, 1 some tasks failed, 2 bad input (named) before Ray starts.
+
+What MLflow says is data, not a path to trust: whoever can write to the store can set any tag. Every
+file read is confined to --out-dir (the sweep's --out-dir, default runs/ like the sweep's): a trial
+whose dlm.weights tag or dlm.run_id points outside it stops the stage (exit 2, naming the run and
+the path), and weights and checkpoints load weights-only (trainer/sample.py).
 """
 from __future__ import annotations
 
@@ -100,16 +105,26 @@ def _trials(client: MlflowClient, experiment: str) -> tuple[str, list]:
             return exp.experiment_id, runs
 
 
-def _weights_dir(run) -> Path | None:
+def _weights_dir(run, root: Path) -> Path | None:
     """out_dir/<run_id> of a trial whose weights load: model.pt (tag dlm.weights), or for runs that
-    finished before training exported it, the final checkpoint under the run's io.out_dir."""
-    from trainer.sample import has_weights
-    w = run.data.tags.get("dlm.weights")
-    if w and Path(w).is_file():
-        return Path(w).parent
-    out, rid = run.data.params.get("io.out_dir"), run.data.tags.get("dlm.run_id")
-    if out and rid and has_weights(Path(out) / rid):
-        return Path(out) / rid
+    finished before training exported it, the final checkpoint under root/<dlm.run_id>. Both paths
+    must resolve inside `root` (ValueError otherwise); the run's io.out_dir param only explains a
+    miss (the sweep ran with another --out-dir)."""
+    from trainer.sample import confine, has_weights
+    who = f"trial {run.info.run_id} ({run.data.tags.get('dlm.family')} {run.data.tags.get('dlm.size')})"
+    hint = ""
+    out = run.data.params.get("io.out_dir")
+    if out and Path(out).resolve() != root:
+        hint = f"; it was trained with io.out_dir={out}: pass that as --out-dir if you trust it"
+    try:
+        w = run.data.tags.get("dlm.weights")
+        if w and confine(w, root, f"{who}: its dlm.weights tag").is_file():
+            return confine(Path(w).parent, root, f"{who}: its run dir")
+        rid = run.data.tags.get("dlm.run_id")
+        if rid and has_weights(confine(root / rid, root, f"{who}: its dlm.run_id")):
+            return root / rid
+    except ValueError as exc:
+        raise ValueError(f"{exc}{hint}") from None
     return None
 
 
@@ -175,6 +190,8 @@ def parse(argv):
     ap = argparse.ArgumentParser(prog="python -m orchestrator.sampling", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("experiment", help="the study's MLflow experiment (= sweep name)")
+    ap.add_argument("--out-dir", default="runs", help="the sweep's checkpoint root (its --out-dir): "
+                    "weights are read from inside it only")
     ap.add_argument("--steps", default=",".join(map(str, DEFAULT_STEPS)),
                     help="comma-separated denoising step counts")
     ap.add_argument("--n", type=int, default=32, help="sequences per (run, steps)")
@@ -206,7 +223,8 @@ def main(argv=None) -> int:
         exp_id, trials = _trials(client, args.experiment)
         if not trials:
             raise ValueError(f"experiment {args.experiment!r} has no FINISHED trials: run the sweep first")
-        dirs = {r.info.run_id: _weights_dir(r) for r in trials}
+        root = Path(args.out_dir).resolve()
+        dirs = {r.info.run_id: _weights_dir(r, root) for r in trials}
         judge = pick_judge(trials, args.judge, dirs)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)

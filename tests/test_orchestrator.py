@@ -128,7 +128,7 @@ def test_smoke_sweep_end_to_end_then_rerun_skips_everything(tmp_path):
     # table: every run sampled at every step count (AR once, at seq_len), judged by the best AR run
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     stage = [sys.executable, "-m", "orchestrator.sampling", "smoke", "--tracking-uri", uri,
-             "--steps", "4,16,64", "--n", "8", "--repeats", "1"]
+             "--out-dir", str(tmp_path / "runs"), "--steps", "4,16,64", "--n", "8", "--repeats", "1"]
     samp = subprocess.run(stage, cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=600)
     assert samp.returncode == 0, samp.stdout[-2000:] + samp.stderr[-2000:]
     _, sampled = runs(tmp_path, "sampling")

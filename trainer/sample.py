@@ -7,12 +7,18 @@
 RUN_ID is the run's config hash (the directory name under out_dir, RunConfig.run_id(); the MLflow
 tag dlm.run_id) or an unambiguous prefix of it. A run is loadable once it FINISHED: training then
 writes out_dir/<run_id>/model.pt (plain fp32 state_dict) beside config.json.
+
+Files are loaded weights-only (tensors and plain containers: a pickle cannot run code), from paths
+inside the out dir the caller trusts (`confine`): run ids and MLflow tags name runs, never files.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import pickle
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -26,15 +32,30 @@ from trainer.sampling import generate
 from trainer.train import WEIGHTS, plan
 
 
+def confine(path: str | Path, root: str | Path, what: str) -> Path:
+    """`path` resolved (symlinks followed) if it lies inside the out dir `root`, else a ValueError
+    naming `what` and both paths. `root` is the one directory the caller trusts (the --out-dir it was
+    given); names read from elsewhere (MLflow tags and params, run-id prefixes) must stay inside it."""
+    p, r = Path(path).resolve(), Path(root).resolve()
+    if not p.is_relative_to(r):
+        raise ValueError(f"{what} {p} is outside the out dir {r}: refusing to read it (runs are "
+                         "loaded only from the out dir given, --out-dir)")
+    return p
+
+
 def find_run(out_dir: str | Path, run: str) -> Path:
     """out_dir/<run_id> for a run id or an unambiguous prefix of one."""
     root = Path(out_dir)
+    if "/" in run or os.sep in run or run in (".", ".."):
+        raise ValueError(f"run {run!r}: a run id or a prefix of one, not a path")
     if (root / run / "config.json").is_file():
+        confine(root / run, root, f"run {run}")
         return root / run
     hits = sorted(p for p in root.glob(f"{run}*") if (p / "config.json").is_file()) if run else []
     if len(hits) != 1:
         what = "no run" if not hits else f"{len(hits)} runs ({', '.join(p.name for p in hits)})"
         raise ValueError(f"{what} under {root} match {run!r}")
+    confine(hits[0], root, f"run {hits[0].name}")           # e.g. a symlink out of the out dir
     return hits[0]
 
 
@@ -47,11 +68,10 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu"
     if not config.is_file():
         raise FileNotFoundError(f"run {run_dir.name} has no config.json ({config})")
     cfg = RunConfig.from_dict(json.loads(config.read_text()))
+    state = _load_tensors(weights, deepspeed=False) if weights.is_file() else None  # before the corpus
     corpus = load_corpus(cfg.data)
     p = plan(cfg, corpus.vocab_size)
-    if weights.is_file():
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-    else:
+    if state is None:
         state = weights_from_checkpoint(run_dir, p.steps)
     model = Transformer(p.model_cfg)
     model.load_state_dict(state)
@@ -76,8 +96,8 @@ def has_weights(run_dir: str | Path) -> bool:
 def weights_from_checkpoint(run_dir: Path, steps: int) -> dict[str, torch.Tensor]:
     """The fp32 state_dict of a run's *final* DeepSpeed checkpoint (step == `steps`), for runs that
     finished before training exported model.pt. ZeRO-3 shards are merged by DeepSpeed's
-    zero_to_fp32; otherwise the module states are read from mp_rank_00_model_states.pt. These files
-    pickle DeepSpeed objects (weights_only=False): only read checkpoints this project wrote."""
+    zero_to_fp32; otherwise the module states are read from mp_rank_00_model_states.pt. Both are
+    read weights-only (see `_weights_only_loads`)."""
     root = checkpoint.ckpt_root(str(run_dir.parent), run_dir.name)
     tags = checkpoint.complete_tags(root)
     final = [t for t in tags if json.loads((root / t / checkpoint.STATE).read_text())["step"] == steps]
@@ -87,9 +107,58 @@ def weights_from_checkpoint(run_dir: Path, steps: int) -> dict[str, torch.Tensor
     tag = root / final[0]
     if not (tag / "mp_rank_00_model_states.pt").is_file():            # ZeRO-3: per-rank shards
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-        return get_fp32_state_dict_from_zero_checkpoint(str(root), final[0])
-    states = torch.load(tag / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
+        try:
+            with _weights_only_loads(deepspeed=True):
+                return get_fp32_state_dict_from_zero_checkpoint(str(root), final[0])
+        except pickle.UnpicklingError as exc:
+            raise ValueError(_refused(tag, exc)) from None
+    states = _load_tensors(tag / "mp_rank_00_model_states.pt", deepspeed=True)
     return {k: v.float() for k, v in states["module"].items()}
+
+
+def _refused(path: Path, exc: Exception) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    said = next((ln for ln in lines if "Unsupported global" in ln), lines[0] if lines else "")
+    return (f"{path} holds more than tensors (refusing to unpickle it: a pickle can run code); "
+            f"torch: {said[:300]}")
+
+
+def _load_tensors(path: Path, deepspeed: bool) -> dict:
+    """torch.load weights-only, with a clear error for a file that needs more than tensors."""
+    try:
+        with _weights_only_loads(deepspeed):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise ValueError(_refused(path, exc)) from None
+
+
+# torch.serialization.load reads this per call and then loads weights-only even where the caller
+# passed weights_only=False, as DeepSpeed's zero_to_fp32 (parse_model_states/parse_optim_states) does.
+_FORCE_WEIGHTS_ONLY = "TORCH_FORCE_WEIGHTS_ONLY_LOAD"
+
+
+@contextmanager
+def _weights_only_loads(deepspeed: bool):
+    """Every torch.load inside runs weights-only. Beyond tensors and containers a DeepSpeed ZeRO
+    checkpoint holds exactly two DeepSpeed classes (torch.serialization.get_unsafe_globals_in_checkpoint
+    on a ZeRO-3 optim_states file: ZeroStageEnum, an IntEnum, and LossScaler, plain attributes);
+    with `deepspeed` they are allow-listed, as data: the weights-only unpickler builds them without
+    calling anything else. model.pt needs neither (and no DeepSpeed import)."""
+    allowed = []
+    if deepspeed:
+        from deepspeed.runtime.fp16.loss_scaler import LossScaler
+        from deepspeed.runtime.zero.config import ZeroStageEnum
+        allowed = [ZeroStageEnum, LossScaler]
+    before = os.environ.get(_FORCE_WEIGHTS_ONLY)
+    os.environ[_FORCE_WEIGHTS_ONLY] = "1"
+    try:
+        with torch.serialization.safe_globals(allowed):
+            yield
+    finally:
+        if before is None:
+            os.environ.pop(_FORCE_WEIGHTS_ONLY, None)
+        else:
+            os.environ[_FORCE_WEIGHTS_ONLY] = before
 
 
 def main(argv: list[str] | None = None) -> int:
