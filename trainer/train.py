@@ -244,12 +244,12 @@ def _train(cfg: RunConfig, p: Plan, corpus, place, rank: int, world: int, progre
     superseded = mlflow_id if resume.broken and resume.state is None else None
     if superseded:
         mlflow_id = None
-    if tracker:
-        tracker.start({**_tags(p), "dlm.world_size": str(world)}, _params(p), mlflow_id,
-                      run_name=f"{cfg.noise.family}-{cfg.size}-{p.run_id[:6]}")
-        mlflow_id = tracker.run_id
-    mlflow_id = _bcast(mlflow_id, rank, world)
     with _marked_on_error(tracker, p.run_id[:8]):
+        if tracker:
+            tracker.start({**_tags(p), "dlm.world_size": str(world)}, _params(p), mlflow_id,
+                          run_name=f"{cfg.noise.family}-{cfg.size}-{p.run_id[:6]}")
+            mlflow_id = tracker.run_id
+        mlflow_id = _bcast(mlflow_id, rank, world)
         if tracker:
             notes = [resume.note, *tracker.notes]
             if superseded:
