@@ -125,6 +125,7 @@ def test_lock_names_its_holder_and_a_killed_holder_does_not_block(tmp_path):
     assert (tmp_path / LOCK).exists()                                  # never unlinked
 
 
+@pytest.mark.slow          # two processes of a 3e10-FLOP job at once: ~40 s idle, ~120 s under load
 def test_two_identical_jobs_at_once_one_writes_the_other_is_busy(tmp_path):
     cfg = tiny_run(tmp_path, train={"budget_flops": 3e10})
     ensure_experiment(MlflowClient(cfg["io"]["tracking_uri"]), "test")   # one creator of the DB
@@ -171,6 +172,7 @@ def test_error_after_the_run_starts_marks_it_with_the_reason(tmp_path, monkeypat
     lock.release()
 
 
+@pytest.mark.slow          # a process started and stopped mid-run: ~30 s idle, ~130 s under load
 def test_sigterm_marks_the_run_killed(tmp_path):
     cfg = RunConfig.from_dict(tiny_run(tmp_path, train={"budget_flops": 1e11}))
     ensure_experiment(MlflowClient(cfg.io.tracking_uri), "test")
