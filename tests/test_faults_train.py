@@ -78,6 +78,7 @@ def test_unreadable_optimizer_shard_restarts_fresh_in_a_new_mlflow_run(tmp_path,
     assert [s for s, _ in h] == [s for s, _ in h_clean] and len(h) == cut.train.evals + 1  # each once
     assert h[-1][1] == float(new.data.tags["dlm.final_val_nelbo"]) == again.final_val_nelbo
     assert find_run(client, new.info.experiment_id, cut.run_id()).info.run_id == new.info.run_id
+    assert (tag_dir.parent / (tag_dir.name + ".broken")).is_dir() and not tag_dir.exists()
 
 
 # --- item 2: a stale MLflow id in the checkpoint ---------------------------------------------------

@@ -33,12 +33,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 
 import torch.distributed as dist
 
 STATE = "state.json"
 LOCK = "train.lock"
+BROKEN = ".broken"   # suffix of a checkpoint that failed to load
 
 
 def ckpt_root(out_dir: str, run_id: str) -> Path:
@@ -53,7 +53,9 @@ def complete_tags(root: Path) -> list[str]:
     """Tags with a state.json, newest first."""
     if not root.is_dir():
         return []
-    return sorted((p.name for p in root.iterdir() if (p / STATE).is_file()), reverse=True)
+    return sorted((p.name for p in root.iterdir()
+                   if p.name.startswith("step") and "." not in p.name and (p / STATE).is_file()),
+                  reverse=True)
 
 
 def save(engine, root: Path, step: int, state: dict, config_json: str, keep: int, rank: int) -> None:
@@ -96,19 +98,23 @@ def _agree(obj, fn=None):
     """Rank 0's value on every rank (`fn` None), or whether any rank's flag is set (`fn` = any)."""
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return obj
-    if fn is any:
-        flag = torch.tensor([1.0 if obj else 0.0])
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
+    if fn is any:                                      # objects, not a CPU tensor: NCCL-safe
+        flags = [None] * dist.get_world_size()
+        dist.all_gather_object(flags, bool(obj))
+        return any(flags)
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
 
 
+def _rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
 def load_latest(build: Callable[[], object], root: Path) -> Resume:
     """Build an engine (`build()`: model + engine from the seed) and load the newest checkpoint that
-    loads whole. A tag that fails on any rank is reported, its half-restored engine discarded and a
-    fresh one built before the previous tag is tried; with none left the fresh engine starts at step
+    loads whole. A tag that fails on any rank is reported and renamed <tag>.broken, its
+    half-restored engine discarded and a fresh one built before the previous tag is tried; with none left the fresh engine starts at step
     0. Collective: every rank calls it and all agree on the outcome."""
     engine = build()
     broken: list[str] = []
@@ -124,8 +130,13 @@ def load_latest(build: Callable[[], object], root: Path) -> Resume:
             err = f"{type(exc).__name__}: {str(exc)[:200]}"
         if not _agree(err is not None, any):
             return Resume(engine, state, tag, broken)
-        print(f"[checkpoint] {root / tag} failed to load ({err or 'on another rank'}); discarding "
-              f"the half-restored engine and trying the previous checkpoint", file=sys.stderr, flush=True)
+        aside = root / f"{tag}{BROKEN}"
+        if _rank() == 0:       # kept for a post-mortem, but never retried nor counted by keep_ckpts
+            shutil.rmtree(aside, ignore_errors=True)
+            os.replace(root / tag, aside)
+        print(f"[checkpoint] {root / tag} failed to load ({err or 'on another rank'}); moved to "
+              f"{aside.name}, discarding the half-restored engine and trying the previous checkpoint",
+              file=sys.stderr, flush=True)
         broken.append(f"{tag} ({err or 'failed on another rank'})")
         engine = None
         gc.collect()                                       # free the old engine before the new one
