@@ -2,26 +2,39 @@
 
 The contract analysis/ reads (analysis/schema.py restates it):
 - tags: dlm.role=trial, dlm.family, dlm.knob, dlm.size, dlm.budget_flops, dlm.sweep, dlm.run_id,
-  dlm.step_unit=GFLOP, dlm.failure (FAILED runs only), mlflow.parentRunId (under a sweep);
+  dlm.step_unit=GFLOP, dlm.failure (FAILED/KILLED runs: why), dlm.resume (how this job started:
+  fresh, or the step and checkpoint it resumed from, and any checkpoint that did not load),
+  dlm.superseded_by (a run abandoned for a fresh restart: the MLflow id that replaced it),
+  mlflow.parentRunId (under a sweep);
+- experiment tag mlflow.experimentKind=custom_model_development (the MLflow 3 UI's "Machine
+  learning" kind, rather than GenAI);
 - params: the resolved config flattened with dots, n_params_nonembed, n_params_total,
   flops_per_token, tokens_per_step, steps;
 - metrics at step = cumulative training compute in GFLOP (an integer; 1e24 FLOPs is 1e15 GFLOP,
   exact in int64 and below the 2^53 the web UI can show): val_nelbo, train_loss, tokens, flops,
   wall_time_s, tokens_per_s, mfu, epoch, lr.
-Only rank 0 constructs a `Tracker`. Metrics are buffered and written with `log_batch`
-(one `log_metric` costs ~8 ms on sqlite; a 1,000-point batch ~0.17 s).
+Only rank 0 constructs a `Tracker`. Each evaluation's metrics go in one `log_batch` (one
+`log_metric` costs ~8 ms on sqlite; a 1,000-point batch ~0.17 s), flushed at that evaluation so a
+running run's curves are live.
 """
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import LifecycleStage, Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 STEP_UNIT = "GFLOP"
 STEP_FLOPS = 1e9
+# The MLflow 3 UI reads this experiment tag to choose its view: an experiment created by a plain
+# client has none and opens in GenAI mode ("Evaluations"); this value is what the UI's own
+# experiment-kind selector writes for "Machine learning" (mlflow/server/js, ExperimentKind enum).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -38,17 +51,19 @@ def flop_step(flops: float) -> int:
 
 
 def ensure_experiment(client: MlflowClient, name: str) -> str:
-    """Experiment id, creating it if needed (tolerating a concurrent creator)."""
+    """Experiment id, creating it if needed (tolerating a concurrent creator), marked as a model
+    training experiment for the UI (also an existing one that predates the mark)."""
     exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    try:
-        return client.create_experiment(name)
-    except Exception:                                   # lost a creation race: read the winner's
-        exp = client.get_experiment_by_name(name)
-        if exp is None:
-            raise
-        return exp.experiment_id
+    if exp is None:
+        try:
+            return client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+        except Exception:                               # lost a creation race: read the winner's
+            exp = client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+    if EXPERIMENT_KIND_TAG not in exp.tags:             # never overrides a kind a person chose
+        client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return exp.experiment_id
 
 
 def find_run(client: MlflowClient, experiment_id: str, run_id: str):
@@ -67,14 +82,40 @@ class Tracker:
         self._buffer: list[Metric] = []
         self._last_step = -1                            # points at or below this are already stored
         self.log_seconds = 0.0                          # time spent talking to MLflow (bench/)
+        self.notes: list[str] = []                      # what start() had to work around
 
     # --- run lifecycle --------------------------------------------------------------------------
     def existing(self, config_hash: str):
         return find_run(self.client, self.experiment_id, config_hash)
 
+    def unusable(self, mlflow_id: str) -> str | None:
+        """Why the run `mlflow_id` cannot be continued here (gone, deleted, another experiment),
+        or None if it can."""
+        try:
+            run = self.client.get_run(mlflow_id)
+        except MlflowException as exc:
+            return f"not in the store {self.uri} ({exc.error_code})"
+        if run.info.lifecycle_stage == LifecycleStage.DELETED:
+            return "deleted"
+        if run.info.experiment_id != self.experiment_id:
+            return f"in another experiment (id {run.info.experiment_id})"
+        return None
+
     def start(self, tags: dict[str, str], params: dict[str, str], resume_mlflow_id: str | None,
               run_name: str) -> str:
+        """Continue `resume_mlflow_id`, else create the run. A saved id that can no longer be
+        continued (store replaced, tracking URI changed, run deleted) is not fatal: warn, then
+        find-or-create by the config hash (tags['dlm.run_id'])."""
         t0 = time.perf_counter()
+        why = self.unusable(resume_mlflow_id) if resume_mlflow_id else None
+        if why:
+            found = self.existing(tags["dlm.run_id"])
+            alt = found.info.run_id if found is not None and not self.unusable(found.info.run_id) else None
+            note = (f"MLflow run {resume_mlflow_id} saved in the checkpoint is {why}; continuing in "
+                    + (f"run {alt} (found by dlm.run_id)" if alt else "a new MLflow run"))
+            print(f"warning: {note}", file=sys.stderr, flush=True)
+            self.notes.append(note)
+            resume_mlflow_id = alt
         if resume_mlflow_id:
             self.run_id = resume_mlflow_id
             self.client.update_run(self.run_id, status="RUNNING")
@@ -107,6 +148,29 @@ class Tracker:
             self.client.log_batch(self.run_id, metrics=self._buffer[i:i + 1000])
         self._buffer.clear()
         self.log_seconds += time.perf_counter() - t0
+
+    def set_tags(self, tags: dict[str, str], run_id: str | None = None) -> None:
+        self.client.log_batch(run_id or self.run_id, tags=[RunTag(k, v[:5000]) for k, v in tags.items()])
+
+    def supersede(self, old_id: str, reason: str) -> None:
+        """Mark `old_id` (a run whose history this job abandons) FAILED, pointing at this run."""
+        if self.unusable(old_id):
+            return
+        self.set_tags({"dlm.failure": f"superseded by MLflow run {self.run_id}: {reason}",
+                       "dlm.superseded_by": self.run_id}, old_id)
+        self.client.set_terminated(old_id, status="FAILED")
+
+    def abort(self, exc: BaseException) -> str:
+        """Mark the run KILLED (an interrupt) or FAILED (anything else) with the reason; returns
+        the status. Never raises: the caller re-raises `exc`, which must not be masked."""
+        status = "KILLED" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "FAILED"
+        reason = f"{type(exc).__name__}: {str(exc)[:4000]}".rstrip(": ")
+        try:
+            self.finish(status, reason)
+        except Exception as err:                        # noqa: BLE001 - e.g. the store is down
+            print(f"warning: could not mark MLflow run {self.run_id} {status} ({err})",
+                  file=sys.stderr, flush=True)
+        return status
 
     def finish(self, status: str = "FINISHED", reason: str | None = None,
                extra_tags: dict[str, str] | None = None) -> None:

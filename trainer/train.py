@@ -13,7 +13,9 @@ import contextlib
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,13 +36,15 @@ from trainer.objective import evaluate
 from trainer.peak import matmul_peak_flops
 from trainer.tracking import STEP_UNIT, Tracker, flop_step
 
+EXIT_BUSY = 75   # EX_TEMPFAIL: another job is writing this run; nothing was done, try again later
 WEIGHTS = "model.pt"  # final fp32 state_dict of a FINISHED run: out_dir/<run_id>/model.pt
 
 
 @dataclass
 class RunResult:
     run_id: str
-    status: str                       # FINISHED | FAILED | SKIPPED (already finished)
+    status: str                       # FINISHED | FAILED | SKIPPED (already finished) | BUSY
+                                      # (another job holds the run's lock: nothing done)
     mlflow_run_id: str | None
     steps: int
     final_val_nelbo: float | None
@@ -136,13 +140,56 @@ def export_weights(engine, path: Path, rank: int, partitioned: bool) -> Path:
     return path.resolve()
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived while `train` ran: the job was told to stop, like Ctrl-C (run KILLED)."""
+
+
+@contextlib.contextmanager
+def _sigterm_raises():
+    """For the duration of `train` only, SIGTERM raises `Terminated` so that the run is marked
+    KILLED and the lock released. Only where SIGTERM still has its default action and only in the
+    main thread: a launcher's or Ray worker's own handler is left alone, and nothing stays
+    installed after `train` returns."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Terminated("SIGTERM")
+
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+@contextlib.contextmanager
+def _marked_on_error(tracker: Tracker | None, tag: str):
+    """Any exception once the MLflow run exists marks it FAILED (KILLED for an interrupt) with the
+    reason in dlm.failure, then propagates: no run is left RUNNING by a job that has ended."""
+    try:
+        yield
+    except BaseException as exc:
+        if tracker is not None and tracker.run_id:
+            status = tracker.abort(exc)
+            print(f"[{tag}] MLflow run {tracker.run_id} marked {status}: {type(exc).__name__}: "
+                  f"{str(exc)[:300]}", file=sys.stderr, flush=True)
+        raise
+
+
 def train(cfg: RunConfig, *, progress: bool = True,
           on_eval: Callable[[dict], None] | None = None) -> RunResult:
     """Run (or resume, or skip if finished) one job. Safe to call again with the same config.
 
+    One writer per run: rank 0 holds out_dir/<run_id>/train.lock for the job's life; a second job
+    on the same run returns status BUSY at once (reason: who holds it) and touches nothing.
+
     `on_eval`, if given, is called on every rank after every evaluation with a dict of step, steps,
     flops, budget_flops, val_nelbo, tokens_per_s (the orchestrator forwards rank 0's as progress;
-    every rank calls it because a Ray Train report is a barrier that all ranks must reach)."""
+    every rank calls it because a Ray Train report is a barrier that all ranks must reach). The
+    evaluation's metrics are already in MLflow when it is called."""
     started = time.perf_counter()
     corpus = load_corpus(cfg.data)
     p = plan(cfg, corpus.vocab_size)                      # config errors surface before any writes
@@ -152,6 +199,25 @@ def train(cfg: RunConfig, *, progress: bool = True,
     if tc.batch_size % world or tc.eval_seqs % world:
         raise ValueError(f"train.batch_size ({tc.batch_size}) and train.eval_seqs ({tc.eval_seqs}) "
                          f"must be divisible by the {world} ranks")
+    lock = checkpoint.RunLock(Path(cfg.io.out_dir) / p.run_id) if rank == 0 else None
+    holder = _bcast(lock.acquire() if lock else None, rank, world)
+    if holder:
+        reason = (f"run {p.run_id} is busy: {Path(cfg.io.out_dir) / p.run_id / checkpoint.LOCK} is "
+                  f"held by {holder}; not starting a second writer")
+        print(f"[{p.run_id[:8]}] {reason}", file=sys.stderr, flush=True)
+        return RunResult(p.run_id, "BUSY", None, p.steps, None, reason=reason,
+                         wall_seconds=time.perf_counter() - started)
+    try:
+        with _sigterm_raises():
+            return _train(cfg, p, corpus, place, rank, world, progress, on_eval, started)
+    finally:
+        if lock:
+            lock.release()
+
+
+def _train(cfg: RunConfig, p: Plan, corpus, place, rank: int, world: int, progress: bool,
+           on_eval: Callable[[dict], None] | None, started: float) -> RunResult:
+    tc = cfg.train
     tracker = Tracker(cfg.io.tracking_uri, cfg.io.experiment) if rank == 0 else None
     existing = tracker.existing(p.run_id) if tracker else None
     done = _bcast(existing is not None and existing.info.status == "FINISHED", rank, world)
@@ -159,23 +225,49 @@ def train(cfg: RunConfig, *, progress: bool = True,
         final = existing.data.metrics.get("val_nelbo") if existing else None
         return RunResult(p.run_id, "SKIPPED", existing.info.run_id if existing else None, p.steps, final)
 
-    torch.manual_seed(tc.seed)                            # identical init on every rank
-    model = Transformer(p.model_cfg).to(place.device)
-    engine = build_engine(model, tc, cfg.engine, place, world, p.steps)
+    def build():
+        torch.manual_seed(tc.seed)                        # identical init on every rank and build
+        model = Transformer(p.model_cfg).to(place.device)
+        return build_engine(model, tc, cfg.engine, place, world, p.steps)
+
     family = build_family(cfg.noise, corpus.vocab_size)
     root = checkpoint.ckpt_root(cfg.io.out_dir, p.run_id)
-    state = checkpoint.load_latest(engine, root) or {}
+    resume = checkpoint.load_latest(build, root)          # whole checkpoint, or a fresh engine
+    engine, state = resume.engine, resume.state or {}
     start = state.get("step", 0)
+    if resume.broken and rank == 0:
+        print(f"[{p.run_id[:8]}] {resume.note}", file=sys.stderr, flush=True)
     mlflow_id = state.get("mlflow_run_id") or (existing.info.run_id if existing else None)
-    if tracker:
-        tracker.start({**_tags(p), "dlm.world_size": str(world)}, _params(p), mlflow_id,
-                      run_name=f"{cfg.noise.family}-{cfg.size}-{p.run_id[:6]}")
-        mlflow_id = tracker.run_id
-    mlflow_id = _bcast(mlflow_id, rank, world)
-    if rank == 0:
-        root.mkdir(parents=True, exist_ok=True)
-        (root.parent / "config.json").write_text(cfg.to_json())
+    # Checkpoints existed but none loaded: the old MLflow run's points past the last good state
+    # belong to a trajectory this job abandons, so the restart gets its own run (the old one is
+    # marked FAILED, superseded) rather than a history that mixes the two.
+    superseded = mlflow_id if resume.broken and resume.state is None else None
+    if superseded:
+        mlflow_id = None
+    with _marked_on_error(tracker, p.run_id[:8]):
+        if tracker:
+            tracker.start({**_tags(p), "dlm.world_size": str(world)}, _params(p), mlflow_id,
+                          run_name=f"{cfg.noise.family}-{cfg.size}-{p.run_id[:6]}")
+            mlflow_id = tracker.run_id
+        mlflow_id = _bcast(mlflow_id, rank, world)
+        if tracker:
+            notes = [resume.note, *tracker.notes]
+            if superseded:
+                tracker.supersede(superseded, f"its checkpoints did not load ({'; '.join(resume.broken)}); "
+                                              f"the job restarted from step 0 on a fresh engine")
+                notes.append(f"previous MLflow run {superseded} superseded")
+            tracker.set_tags({"dlm.resume": "; ".join(notes)})
+        if rank == 0:
+            root.mkdir(parents=True, exist_ok=True)
+            (root.parent / "config.json").write_text(cfg.to_json())
+        return _loop(cfg, p, engine, family, corpus, place, rank, world, tracker, root, state,
+                     start, mlflow_id, progress, on_eval, started)
 
+
+def _loop(cfg: RunConfig, p: Plan, engine, family, corpus, place, rank: int, world: int,
+          tracker: Tracker | None, root: Path, state: dict, start: int, mlflow_id: str | None,
+          progress: bool, on_eval, started: float) -> RunResult:
+    tc = cfg.train
     train_tokens = corpus.train
     pool = tc.data_pool_tokens or len(train_tokens)
     val = validation_windows(corpus.val, tc.eval_seqs, tc.seq_len)
@@ -204,6 +296,7 @@ def train(cfg: RunConfig, *, progress: bool = True,
             if loss_n:
                 metrics["train_loss"] = loss_sum / loss_n
             tracker.log(flop_step(flops), metrics)
+            tracker.flush()                               # live curves: one log_batch per evaluation
             if progress:
                 print(f"[{p.run_id[:8]} {cfg.noise.family} {cfg.size}] step {step}/{p.steps} "
                       f"{flops:.3g}/{tc.budget_flops:.3g} FLOPs val_nelbo {nelbo:.4f} "
@@ -293,7 +386,14 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as exc:                  # Ctrl-C or SIGTERM: the run is marked KILLED
+        print(f"interrupted ({type(exc).__name__}); run the same command again to resume",
+              file=sys.stderr)
+        return 143 if isinstance(exc, Terminated) else 130
     print(json.dumps(res.__dict__))
+    if res.status == "BUSY":
+        print(f"error: {res.reason}", file=sys.stderr)
+        return EXIT_BUSY
     return 0 if res.status in ("FINISHED", "SKIPPED") else 1
 
 

@@ -12,6 +12,13 @@ Ctrl-C, or by that PID. What to look at: Experiments -> a sweep -> a run: parame
 config), tags (dlm.family, dlm.size, dlm.budget_flops, ...), and Model metrics, where the x axis
 'Step' of val_nelbo is cumulative training compute in GFLOP (tag dlm.step_unit), so that chart is
 loss against compute.
+
+MLflow 3.17's UI has a global GenAI / Model training switch (top left) that decides the view of
+every experiment; it starts on GenAI (an experiment page then reads "Overview", "Evaluation runs",
+...) and remembers a click in the browser's local storage. The experiment tag
+mlflow.experimentKind (set by trainer.tracking) does not override it in this build, a URL query
+`?workflowType=machine_learning` does: so the links printed at start open each experiment in the
+training view (Runs, Model metrics).
 """
 from __future__ import annotations
 
@@ -21,6 +28,8 @@ import sys
 from pathlib import Path
 
 from trainer.tracking import resolve_uri
+
+TRAINING_VIEW = "workflowType=machine_learning"    # the UI's own query for the Model training view
 
 HOST = "127.0.0.1"
 DEFAULT_PORT = 5000
@@ -34,6 +43,17 @@ def server_command(uri: str, port: int) -> list[str]:
         db = Path(uri.removeprefix("sqlite:///"))
         cmd += ["--artifacts-destination", str(db.parent / "mlartifacts")]
     return cmd
+
+
+def training_links(uri: str, port: int) -> list[str]:
+    """'name: url' lines opening each experiment of an existing store in the training view (none
+    for a store that does not exist yet: listing it would create it)."""
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        return []
+    from mlflow.tracking import MlflowClient
+    base = f"http://{HOST}:{port}/#/experiments"
+    return [f"{e.name}: {base}/{e.experiment_id}?{TRAINING_VIEW}"
+            for e in MlflowClient(uri).search_experiments() if e.name != "Default"]
 
 
 def server_env() -> dict[str, str]:
@@ -54,7 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         print("MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false " + " ".join(cmd))
         return 0
-    print(f"MLflow UI for {uri} at http://{HOST}:{args.port} (Ctrl-C stops it)", flush=True)
+    print(f"MLflow UI for {uri} at http://{HOST}:{args.port}/#/experiments?{TRAINING_VIEW} "
+          f"(Ctrl-C stops it). Experiments in the training view:", flush=True)
+    for line in training_links(uri, args.port) or ["(none yet)"]:
+        print(f"  {line}", flush=True)
     os.execve(sys.executable, cmd, server_env())
     return 0                                            # not reached
 
