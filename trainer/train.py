@@ -338,8 +338,9 @@ def _loop(cfg: RunConfig, p: Plan, engine, family, corpus, place, rank: int, wor
         # DeepSpeed skips (rather than applies) a step whose gradients are non-finite: in fp32/bf16
         # there is no loss scale to lower, so that is divergence too, not something to train through.
         bad = not math.isfinite(value) or engine.skipped_steps > skipped
-        flags = torch.tensor([1.0 if bad else 0.0,
-                              1.0 if time.monotonic() - last_ckpt > cfg.io.ckpt_every_min * 60 else 0.0])
+        flags = torch.tensor([1.0 if bad else 0.0,                   # on the device: NCCL-safe
+                              1.0 if time.monotonic() - last_ckpt > cfg.io.ckpt_every_min * 60 else 0.0],
+                             device=place.device)
         if world > 1:
             dist.all_reduce(flags, op=dist.ReduceOp.MAX)
         if flags[0] > 0:
