@@ -53,9 +53,10 @@ ARGS   ?=
 sweep: $(STAMP)
 	$(PY) -m orchestrator $(SWEEP) $(if $(PRESET),--preset $(PRESET)) $(ARGS)
 
-# Fit scaling laws to a sweep's runs in MLflow (see analysis/fit_laws.py for options).
+# Fit scaling laws to a sweep's latest study in MLflow (see analysis/fit_laws.py for options):
+# make fit SWEEP=compute_bound [ARGS='--preset laptop' | ARGS=--all-studies].
 fit: $(STAMP)
-	$(PY) -m analysis.fit_laws --experiment $(SWEEP)
+	$(PY) -m analysis.fit_laws --experiment $(SWEEP) $(ARGS)
 
 # Sample every finished run of a sweep at several step counts (judge: the study's best AR run) and
 # log speed and quality to MLflow: make sample SWEEP=smoke [ARGS='--steps 8,32,128 --n 64'].

@@ -24,7 +24,11 @@ Child run tags
                          keeps it, possibly under a new MLflow run).
     ``dlm.step_unit``    "GFLOP": every metric's ``step`` is cumulative training compute in GFLOP
                          (an integer), so all metrics of one evaluation share one step.
-    ``dlm.failure``      reason, only on FAILED runs.
+    ``dlm.failure``      reason, on FAILED and KILLED runs (type and message of the error).
+    ``dlm.resume``       what the job did on (re)start: fresh, resumed at step s from a tag,
+                         checkpoints that did not load, a stale MLflow id it replaced.
+    ``dlm.superseded_by`` on a FAILED run whose checkpoints did not load: the MLflow run that
+                         restarted the same config from step 0 (analysis keeps the FINISHED one).
 
 Child run params
     The resolved config flattened with dots (``model.n_layer``, ``train.batch_size``, ...), plus

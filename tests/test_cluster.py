@@ -1,9 +1,11 @@
 """A real two-node Ray cluster on this machine (`ray start --head` + a second `ray start
 --address=...` node, own temp dir and ports, 127.0.0.1) and a real `mlflow server`: the smoke sweep
 joins it through RAY_ADDRESS / MLFLOW_TRACKING_URI, runs trials on both nodes and every run reaches
-the server. `make test-cluster` (not part of `make test`: ~1-2 min). Every process started here is
-ended by its process group, never by name."""
+the server. The cluster runs as the README's cluster recipe says to: Ray's token auth on (one token
+for every node and the driver, here in RAY_AUTH_TOKEN). `make test-cluster` (not part of
+`make test`: ~1-2 min). Every process started here is ended by its process group, never by name."""
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -19,6 +21,7 @@ from tests.conftest import REPO, clean_env, free_port
 
 pytestmark = pytest.mark.cluster
 RAY = str(Path(sys.executable).with_name("ray"))
+AUTH = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}   # shared by all nodes
 
 
 def _node_args(lo: int) -> list[str]:
@@ -30,7 +33,7 @@ def _node_args(lo: int) -> list[str]:
 
 @pytest.fixture
 def two_node_cluster(tmp_path):
-    env = clean_env(RAY_AUTH_MODE="disabled")
+    env = clean_env(**AUTH)
     port = free_port()
     procs = []
     # a short temp dir: Ray's unix sockets live under it and paths are limited to ~107 bytes
@@ -81,7 +84,14 @@ def _end_group(proc: subprocess.Popen) -> None:
 
 
 def test_smoke_sweep_on_a_two_node_cluster_with_an_mlflow_server(tmp_path, two_node_cluster, mlflow_server):
-    env = clean_env(RAY_ADDRESS=two_node_cluster, RAY_AUTH_MODE="disabled")
+    env = clean_env(RAY_ADDRESS=two_node_cluster, **AUTH)
+    # a driver without the cluster's token is refused
+    intruder = subprocess.run([sys.executable, "-c", "import ray, sys; ray.init(address=sys.argv[1])",
+                               two_node_cluster], env=clean_env(RAY_AUTH_MODE="token",
+                               RAY_AUTH_TOKEN=secrets.token_hex(32)), capture_output=True, text=True,
+                              timeout=120)
+    assert intruder.returncode != 0 and "auth" in (intruder.stdout + intruder.stderr).lower(), \
+        intruder.stderr[-2000:]
     # sqlite cannot be shared by nodes: refused before any trial, naming the fix
     refused = subprocess.run([sys.executable, "-m", "orchestrator", "smoke", "--tracking-uri",
                               f"sqlite:///{tmp_path / 'x.db'}", "--out-dir", str(tmp_path / "runs")],
