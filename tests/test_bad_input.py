@@ -48,11 +48,12 @@ def test_bad_input_is_rejected_before_ray_starts(tmp_path, monkeypatch, capsys, 
     assert code == 2, out.out[-2000:] + out.err[-2000:]
     assert needle in out.err, out.err
     assert "to run" not in out.out and not (tmp_path / "mlflow.db").exists()
-    assert seconds < 5, seconds                # a cached corpus opens in ~0.04 s
+    # No time bound: "before Ray" is what `no_ray` and the two lines above assert. A wall-clock
+    # bound failed on a fresh clone, where the first corpus check builds the cache (13 s here).
     print(f"{seconds:.2f} s: {out.err.strip().splitlines()[-1]}")
 
 
-@pytest.mark.slow                               # each starts a real Ray: ~10-30 s on 2 loaded cores
+# each starts a real Ray: 11 s on the AVX2 machine alone, ~30 s under load
 @pytest.mark.parametrize("args,needle", [
     (["--num-cpus", "2", "--set", "engine.threads=4"], "engine.threads"),
     (["--set", 'engine.device="cuda"'], "engine.device"),

@@ -50,6 +50,7 @@ def keep_one_mid_checkpoint(cfg: RunConfig) -> tuple[Path, int]:
 
 
 # --- item 1: a checkpoint loads whole or not at all ----------------------------------------------
+# ZeRO-2 in make test; 1 and 3 (the same code path, other shard layouts) in make test-all
 @pytest.mark.parametrize("stage", [2, pytest.param(1, marks=pytest.mark.slow),
                                    pytest.param(3, marks=pytest.mark.slow)])
 def test_unreadable_optimizer_shard_restarts_fresh_in_a_new_mlflow_run(tmp_path, capfd, stage):
@@ -78,7 +79,11 @@ def test_unreadable_optimizer_shard_restarts_fresh_in_a_new_mlflow_run(tmp_path,
     assert [s for s, _ in h] == [s for s, _ in h_clean] and len(h) == cut.train.evals + 1  # each once
     assert h[-1][1] == float(new.data.tags["dlm.final_val_nelbo"]) == again.final_val_nelbo
     assert find_run(client, new.info.experiment_id, cut.run_id()).info.run_id == new.info.run_id
-    assert (tag_dir.parent / (tag_dir.name + ".broken")).is_dir() and not tag_dir.exists()
+    # the broken tag is kept aside as it was; the restart's time-based checkpoints may write a new,
+    # good checkpoint under the same tag (same step), never reusing the broken files
+    broken = tag_dir.parent / (tag_dir.name + ".broken")
+    assert all((broken / f.name).read_bytes() == b"not a pickle" for f in shards)
+    assert not tag_dir.exists() or all(f.read_bytes() != b"not a pickle" for f in shards)
 
 
 # --- item 2: a stale MLflow id in the checkpoint ---------------------------------------------------
@@ -126,7 +131,7 @@ def test_lock_names_its_holder_and_a_killed_holder_does_not_block(tmp_path):
     assert (tmp_path / LOCK).exists()                                  # never unlinked
 
 
-@pytest.mark.slow          # two processes of a 3e10-FLOP job at once: ~40 s idle, ~120 s under load
+# two processes of a 3e10-FLOP job at once: 17 s on the AVX2 machine alone, ~120 s under load
 def test_two_identical_jobs_at_once_one_writes_the_other_is_busy(tmp_path):
     cfg = tiny_run(tmp_path, train={"budget_flops": 3e10})
     ensure_experiment(MlflowClient(cfg["io"]["tracking_uri"]), "test")   # one creator of the DB
@@ -173,7 +178,7 @@ def test_error_after_the_run_starts_marks_it_with_the_reason(tmp_path, monkeypat
     lock.release()
 
 
-@pytest.mark.slow          # a process started and stopped mid-run: ~30 s idle, ~130 s under load
+# a process started and stopped mid-run: 12 s on the AVX2 machine alone, ~130 s under load
 def test_sigterm_marks_the_run_killed(tmp_path):
     cfg = RunConfig.from_dict(tiny_run(tmp_path, train={"budget_flops": 1e11}))
     ensure_experiment(MlflowClient(cfg.io.tracking_uri), "test")
