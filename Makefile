@@ -9,7 +9,7 @@ STAMP       := $(VENV)/.installed
 PYTEST_ARGS ?=
 UI_PORT     ?= 5000
 
-.PHONY: install test test-cluster data bench clean fit ui sweep sample speed-quality
+.PHONY: install test test-all test-cluster data bench clean fit ui sweep sample speed-quality
 
 # Re-runs only when pyproject.toml changes (or the venv is missing): `make test` twice installs once.
 $(STAMP): pyproject.toml
@@ -22,8 +22,12 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# make test: everything but the tests marked slow (and cluster); make test-all: the slow ones too.
 test: $(STAMP)
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m 'not cluster and not slow' $(PYTEST_ARGS)
+
+test-all: $(STAMP)
+	$(PY) -m pytest -q -m 'not cluster' $(PYTEST_ARGS)
 
 # Two-node Ray cluster (ray start --head + a second node, 127.0.0.1) + an MLflow server.
 test-cluster: $(STAMP)

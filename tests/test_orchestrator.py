@@ -84,7 +84,9 @@ def test_dry_run_prints_the_table_and_trains_nothing(tmp_path):
 
 def test_smoke_sweep_end_to_end_then_rerun_skips_everything(tmp_path):
     t0 = time.perf_counter()
-    proc = orchestrate(tmp_path, "smoke")
+    # 6e10 FLOPs, not the preset's 1.65e11 (sized for packing, bench_sweep): AR already reaches ~4.2
+    # nats there and masked stays near unigram (gen-PPL 77-138 vs 647-849 here), all this test needs
+    proc = orchestrate(tmp_path, "smoke", "--budgets", "6e10")
     wall = time.perf_counter() - t0
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert f"{SMOKE_RUNS} finished" in proc.stdout
@@ -103,7 +105,7 @@ def test_smoke_sweep_end_to_end_then_rerun_skips_everything(tmp_path):
     print(f"\nsmoke sweep: {SMOKE_RUNS} runs in {wall:.0f} s\n" + proc.stdout[-1500:])
 
     starts = {c.info.run_id: c.info.start_time for c in children}
-    again = orchestrate(tmp_path, "smoke")
+    again = orchestrate(tmp_path, "smoke", "--budgets", "6e10")
     assert again.returncode == 0, again.stderr[-2000:]
     assert f"{SMOKE_RUNS} skipped" in again.stdout and "0 finished" in again.stdout
     _, children2 = runs(tmp_path, "trial")
@@ -146,8 +148,8 @@ def test_smoke_sweep_end_to_end_then_rerun_skips_everything(tmp_path):
         gen_ppl[r.data.tags["dlm.family"]] += ppl
         assert all(0 < m.value <= math.log(seq_len) + 1e-9
                    for m in client.get_metric_history(r.info.run_id, "entropy"))
-    # The judge prefers the better model's text: the smoke AR runs reach ~4 nats on validation, the
-    # masked ones stay near the unigram level (~5.9), so every AR sample set scores a lower gen-PPL.
+    # The judge prefers the better model's text: the smoke AR runs reach ~4.2 nats on validation, the
+    # masked ones stay near the unigram level (~6.0), so every AR sample set scores a lower gen-PPL.
     # (Not bounded by the vocabulary size: a trained judge can score off-distribution text below
     # uniform.)
     assert max(gen_ppl["autoregressive"]) < min(gen_ppl["masked"]), gen_ppl
@@ -215,7 +217,8 @@ def test_interrupted_sweep_says_so_then_resumes_without_rerunning_finished_runs(
 
 def test_killed_worker_is_retried_and_resumes_from_its_checkpoint(tmp_path):
     # checkpoints every ~0.1 s so that a kill lands after one; the biggest smoke model trains longest
-    proc = orchestrate(tmp_path, "smoke", "--set", "io.ckpt_every_min=0.002",
+    # (6e10 FLOPs: 1-3 s of training per run, dozens of checkpoints; retry and resume need no more)
+    proc = orchestrate(tmp_path, "smoke", "--budgets", "6e10", "--set", "io.ckpt_every_min=0.002",
                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     victim, deadline = None, time.time() + 400
     while victim is None and time.time() < deadline and proc.poll() is None:
