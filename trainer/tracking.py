@@ -30,9 +30,10 @@ from mlflow.tracking import MlflowClient
 
 STEP_UNIT = "GFLOP"
 STEP_FLOPS = 1e9
-# The MLflow 3 UI reads this experiment tag to choose its view: an experiment created by a plain
-# client has none and opens in GenAI mode ("Evaluations"); this value is what the UI's own
+# MLflow 3's documented marker of an experiment's kind: this value is what the UI's own
 # experiment-kind selector writes for "Machine learning" (mlflow/server/js, ExperimentKind enum).
+# The 3.17 UI does not yet follow it (its view follows a browser-stored switch); trainer/ui.py
+# prints links with the query that does. Set anyway, so a UI that reads it opens the right view.
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 REPO_ROOT = Path(__file__).resolve().parents[1]
