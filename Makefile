@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
 	$(PY) -m pip install --quiet -e '.[dev]'
-	$(PY) -m trainer.engine --warm-up   # DeepSpeed's one-time comm-op compile (~70 s), not in a test
+	$(PY) -m trainer.job.engine --warm-up   # DeepSpeed's one-time comm-op compile (~70 s), not in a test
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -35,16 +35,16 @@ test-cluster: $(STAMP)
 
 # Build (or find) the tokenised corpus cache and print its statistics.
 data: $(STAMP)
-	$(PY) -m trainer.data
+	$(PY) -m trainer.data.loader
 
 # Every bench/bench_*.py in turn (training step vs plain PyTorch, MFU, MLflow share; the law fit).
 bench: $(STAMP)
 	$(PY) -m bench
 
 # MLflow UI + REST API on http://127.0.0.1:$(UI_PORT) for the project's store ($$MLFLOW_TRACKING_URI,
-# else sqlite:///<repo>/mlflow.db): lean server, 1 worker, local only. See trainer/ui.py.
+# else sqlite:///<repo>/mlflow.db): lean server, 1 worker, local only. See trainer/tools/ui.py.
 ui: $(STAMP)
-	$(PY) -m trainer.ui --port $(UI_PORT)
+	$(PY) -m trainer.tools.ui --port $(UI_PORT)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -26,7 +26,7 @@ from analysis import load, plots, report
 from analysis.frontier import C_BIN_TOL_DEX
 from analysis.schema import AnalysisError
 from analysis.study import fit_study, select_groups
-from trainer.tracking import resolve_uri
+from trainer.job.tracking import resolve_uri
 
 EXIT_BAD_INPUT = 2
 EXIT_NOTHING_FITTED = 3

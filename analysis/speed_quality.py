@@ -259,7 +259,7 @@ def format_markdown(table: pd.DataFrame, min_entropy_ratio: float = MIN_ENTROPY_
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from trainer.tracking import resolve_uri
+    from trainer.job.tracking import resolve_uri
 
     p = argparse.ArgumentParser(prog="python -m analysis.speed_quality",
                                 description=__doc__.split("\n")[0])

@@ -19,9 +19,9 @@ import statistics
 
 import torch
 
-from trainer.model import Transformer, model_config
-from trainer.noise import NoiseConfig, build_family
-from trainer.sampling import generate
+from trainer.model.transformer import Transformer, model_config
+from trainer.families.noise import NoiseConfig, build_family
+from trainer.sampling.samplers import generate
 
 FAMILIES = ("masked", "uniform", "interpolating")
 

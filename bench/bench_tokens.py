@@ -23,10 +23,10 @@ import torch
 
 from bench.bench_train import plain_stepper
 from trainer.config import TrainConfig
-from trainer.data import DataConfig, load_corpus, sample_batch
-from trainer.flops import train_flops_per_token
-from trainer.model import LADDER, model_config
-from trainer.noise import NoiseConfig, build_family
+from trainer.data.loader import DataConfig, load_corpus, sample_batch
+from core.flops import train_flops_per_token
+from trainer.model.transformer import LADDER, model_config
+from trainer.families.noise import NoiseConfig, build_family
 
 SMALL = ("L1-d8", "L1-d12", "L1-d16", "L2-d16", "L2-d24", "L2-d32", "L2-d48", "L2-d64")
 FAMILIES = ("autoregressive", "masked", "uniform", "interpolating")

@@ -8,14 +8,14 @@ One process, one table, every number measured in this run:
 - step time of the same model (same seed, same fp32 init; first-step losses are checked equal) on
   the same batches (8 x 128 tokens, masked family), under (a) a plain PyTorch loop: Transformer +
   torch AdamW (the engine's param groups, foreach=False) + LambdaLR + `objective.batch_loss` +
-  clip_grad_norm_, on torch's own F.linear; (b) the DeepSpeed engine exactly as trainer/engine.py
+  clip_grad_norm_, on torch's own F.linear; (b) the DeepSpeed engine exactly as trainer/job/engine.py
   builds it (`placement`, `init_distributed`, `build_engine`; one launcher-less process) at ZeRO-0
   and ZeRO-3, and (unless --no-baseline) ZeRO-3 without leaf blocks, the setting before this bench.
   The variants run interleaved, a few steps each per round with the order rotated, so that a
   shared, noisy machine slows them alike; step times are medians over all timed steps (p10-p90),
   ratios the median of per-round ratios (min-max).
 - MFU = train_flops_per_token x tokens/s / fp32 matmul peak. The peak is measured in this run
-  (trainer.peak.measure, same threads), one probe per round, and is the best probe (see main()).
+  (trainer.tools.peak.measure, same threads), one probe per round, and is the best probe (see main()).
 - MLflow share = RunResult.log_seconds / wall_seconds of a real `train(cfg)` on a temp sqlite store.
 
 Targets (issue 3): ZeRO-3 / plain <= 1.2 at width >= 256; logging <= 2% of the run's wall time.
@@ -35,15 +35,15 @@ from pathlib import Path
 import torch
 
 from trainer.config import EngineConfig, RunConfig, TrainConfig
-from trainer.data import DataConfig, load_corpus, sample_batch
-from trainer.engine import build_engine, ds_config, init_distributed, lr_lambda, placement
-from trainer.flops import mfu, train_flops_per_token
-from trainer.model import LADDER, Transformer, model_config
-from trainer.noise import NoiseConfig, build_family
-from trainer.objective import batch_loss
-from trainer.peak import measure
-from trainer.tracking import Tracker
-from trainer.train import train
+from trainer.data.loader import DataConfig, load_corpus, sample_batch
+from trainer.job.engine import build_engine, ds_config, init_distributed, lr_lambda, placement
+from core.flops import mfu, train_flops_per_token
+from trainer.model.transformer import LADDER, Transformer, model_config
+from trainer.families.noise import NoiseConfig, build_family
+from trainer.job.objective import batch_loss
+from trainer.tools.peak import measure
+from trainer.job.tracking import Tracker
+from trainer.job.train import train
 
 RATIO_TARGET = 1.2          # ZeRO-3 / plain step time, at width >= RATIO_WIDTH
 RATIO_WIDTH = 256
@@ -360,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     zero = ds_config(TrainConfig(batch_size=args.batch), replace(eng, zero_stage=3), place, 1)
     print(f"training step: batch {args.batch} x {args.seq_len} tokens, fp32, 1 process, {args.threads} "
           f"threads, {args.family} family; ZeRO-3 as built by "
-          f"trainer/engine.py: {json.dumps(zero['zero_optimization'])}", flush=True)
+          f"trainer/job/engine.py: {json.dumps(zero['zero_optimization'])}", flush=True)
     rows = bench_sizes(args, place, peaks)
     # The peak is the best probe: other processes on a shared machine only ever slow a probe down
     # (a 2-thread matmul runs at the pace of its slower thread), so the median of the probes flips

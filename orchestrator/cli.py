@@ -24,8 +24,8 @@ import sweeps
 from orchestrator.estimate import SweepClock, estimate, fmt_minutes, makespan, table
 from orchestrator.tracking import SweepTracking, sweep_id
 from trainer.config import RunConfig
-from trainer.tracking import resolve_uri
-from trainer.train import plan
+from trainer.job.tracking import resolve_uri
+from trainer.job.train import plan
 
 
 def _csv(kind):
@@ -99,7 +99,7 @@ def check_data(configs: list[RunConfig]) -> None:
     the file), the validation split holds train.eval_seqs windows, the training split holds
     train.data_pool_tokens. Opening a cached corpus takes ~0.04 s; a missing cache is built here
     once (the trials would otherwise build it, one at a time under its lock, inside Ray)."""
-    from trainer.data import load_corpus
+    from trainer.data.loader import load_corpus
     corpora = {}
     for c in configs:
         if c.data not in corpora:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from trainer.config import RunConfig
-from trainer.train import Plan, plan
+from trainer.job.train import Plan, plan
 
 TRIAL_OVERHEAD_S = 3.0   # slot time per trial beyond its loop: 1.6 s measured on smoke (bench/bench_sweep.py) + margin
 EVAL_COST = 1 / 3        # a forward-only token costs ~1/3 of a training token
@@ -31,9 +31,9 @@ def _shape_key(cfg: RunConfig, p: Plan) -> tuple:
 
 def probe_tokens_per_s(cfg: RunConfig, p: Plan, steps: int = 6) -> float:
     """Median training tokens/s of a few plain-PyTorch steps of this model (random tokens)."""
-    from trainer.model import Transformer
-    from trainer.noise import build_family
-    from trainer.objective import batch_loss
+    from trainer.model.transformer import Transformer
+    from trainer.families.noise import build_family
+    from trainer.job.objective import batch_loss
 
     torch.set_num_threads(cfg.engine.threads)
     fam = build_family(cfg.noise, p.model_cfg.out_vocab_size)

@@ -1,5 +1,5 @@
 """Run a list of RunConfigs as Ray Tune trials: embedded local Ray by default, `RAY_ADDRESS` for a
-real cluster. One trial = one `trainer.train.train(config)` call in a Ray worker; the trainer never
+real cluster. One trial = one `trainer.job.train.train(config)` call in a Ray worker; the trainer never
 imports Ray (two-level orchestration, STYLE.md 8). A retried trial simply calls `train` again,
 which resumes from the run's latest checkpoint into the same MLflow run.
 
@@ -67,7 +67,7 @@ def run_trial(config: dict) -> None:
     """The Tune trainable (runs in a Ray worker process)."""
     from ray import tune
 
-    from trainer.train import train
+    from trainer.job.train import train
 
     cfg = RunConfig.from_dict(config["run"])
     if cfg.engine.workers > 1:
@@ -126,7 +126,7 @@ def _worker_loop(config: dict) -> None:
     (ray.train.report is a barrier all ranks reach equally often); Tune sees rank 0's reports."""
     import ray.train
 
-    from trainer.train import train
+    from trainer.job.train import train
 
     cfg = RunConfig.from_dict(config["run"])
     rank = ray.train.get_context().get_world_rank()
@@ -152,7 +152,7 @@ def _node_id() -> str:
 def _tag_node(cfg: RunConfig, mlflow_run_id: str, node: str) -> None:
     from mlflow.tracking import MlflowClient
 
-    from trainer.tracking import resolve_uri
+    from trainer.job.tracking import resolve_uri
     MlflowClient(resolve_uri(cfg.io.tracking_uri)).set_tag(mlflow_run_id, "dlm.ray_node", node)
 
 

@@ -9,7 +9,7 @@ dlm.weights) one Ray task loads the model, samples n sequences at every step cou
 autoregressive baseline once: it takes seq_len steps with its KV cache), times the sampler
 (median of --repeats timed calls after a warm-up), and scores the samples with the judge: the
 autoregressive run of the same study with the lowest final validation NELBO (or --judge), so
-gen-PPL is offline and reproducible (trainer/quality.py). The driver logs one MLflow run per trained
+gen-PPL is offline and reproducible (trainer/sampling/quality.py). The driver logs one MLflow run per trained
 run under a sampling parent run, in the layout analysis/speed_quality.py documents, and skips trained
 runs already sampled with the same settings and judge. Timings from tasks that share a machine are
 comparable with each other, not with an idle machine (bench/bench_sampling.py has the clean ratios).
@@ -18,7 +18,7 @@ Exit codes: 0 ok, 1 some tasks failed, 2 bad input (named) before Ray starts.
 What MLflow says is data, not a path to trust: whoever can write to the store can set any tag. Every
 file read is confined to --out-dir (the sweep's --out-dir, default runs/ like the sweep's): a trial
 whose dlm.weights tag or dlm.run_id points outside it stops the stage (exit 2, naming the run and
-the path), and weights and checkpoints load weights-only (trainer/sample.py).
+the path), and weights and checkpoints load weights-only (trainer/sampling/sample.py).
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from analysis import speed_quality as sq
-from trainer.tracking import resolve_uri
+from trainer.job.tracking import resolve_uri
 
 DEFAULT_STEPS = (8, 16, 32, 64, 128)
 
@@ -59,9 +59,9 @@ def sample_job(job: Job) -> dict:
     """Runs in a Ray worker: sample at every step count, time it, score it. Returns plain data."""
     import torch
 
-    from trainer.quality import gen_ppl, unigram_entropy
-    from trainer.sample import load_run
-    from trainer.sampling import SAMPLERS, generate
+    from trainer.sampling.quality import gen_ppl, unigram_entropy
+    from trainer.sampling.sample import load_run
+    from trainer.sampling.samplers import SAMPLERS, generate
 
     torch.set_num_threads(job.threads)
     model, family, cfg, corpus = load_run(job.run_dir)
@@ -110,7 +110,7 @@ def _weights_dir(run, root: Path) -> Path | None:
     finished before training exported it, the final checkpoint under root/<dlm.run_id>. Both paths
     must resolve inside `root` (ValueError otherwise); the run's io.out_dir param only explains a
     miss (the sweep ran with another --out-dir)."""
-    from trainer.sample import confine, has_weights
+    from trainer.sampling.sample import confine, has_weights
     who = f"trial {run.info.run_id} ({run.data.tags.get('dlm.family')} {run.data.tags.get('dlm.size')})"
     hint = ""
     out = run.data.params.get("io.out_dir")
@@ -143,7 +143,7 @@ def pick_judge(runs: list, judge: str | None, dirs: dict[str, Path | None]):
 
 
 def settings_key(job: Job, judge_run: str) -> str:
-    from trainer.sampling import VERSION
+    from trainer.sampling.samplers import VERSION
     blob = json.dumps({"steps": job.steps, "n": job.n, "seed": job.seed, "t": job.temperature,
                        "judge": judge_run, "sampler_version": VERSION}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -157,9 +157,9 @@ def _already(client: MlflowClient, exp_id: str) -> set[tuple[str, str]]:
 
 def ref_entropy(judge_dir: Path, n: int) -> float:
     """Mean per-sequence unigram entropy of n real validation windows of the study's seq_len."""
-    from trainer.data import validation_windows
-    from trainer.quality import unigram_entropy
-    from trainer.sample import load_run
+    from trainer.data.loader import validation_windows
+    from trainer.sampling.quality import unigram_entropy
+    from trainer.sampling.sample import load_run
     _, _, cfg, corpus = load_run(judge_dir)
     windows = validation_windows(corpus.val, n, cfg.train.seq_len)
     return unigram_entropy(windows[:, :cfg.train.seq_len])

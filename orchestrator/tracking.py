@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 
 from analysis import schema as S
 from trainer.config import RunConfig
-from trainer.tracking import ensure_experiment, resolve_uri
+from trainer.job.tracking import ensure_experiment, resolve_uri
 
 
 def sweep_id(configs: list[RunConfig]) -> str:

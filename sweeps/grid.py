@@ -1,17 +1,17 @@
 """MECHANICS of the sweeps: which ladder sizes sit around the compute-optimal one, and the
 RunConfigs of a recipe's `Grid`. Pure functions: no Ray, no I/O, no clock.
 
-FLOP arithmetic is trainer/flops.py's; the choices (budgets, k, families, shape) are the recipe's.
+FLOP arithmetic is core/flops.py's; the choices (budgets, k, families, shape) are the recipe's.
 """
 from __future__ import annotations
 
 import dataclasses
 
 from trainer.config import IOConfig, RunConfig, TrainConfig
-from trainer.data import DataConfig
-from trainer.flops import compute_optimal_flops_per_token, train_flops_per_token
-from trainer.model import LADDER, model_config
-from trainer.noise import NoiseConfig
+from trainer.data.loader import DataConfig
+from core.flops import compute_optimal_flops_per_token, train_flops_per_token
+from trainer.model.transformer import LADDER, model_config
+from trainer.families.noise import NoiseConfig
 from sweeps.recipe import Grid, Shape
 
 # Families with a knob, and the NoiseConfig field a grid's `knobs` set (one run per value).
@@ -22,8 +22,8 @@ def reference_flops_per_token(size: str, shape: Shape) -> float:
     """Training FLOPs per token of a ladder size at the shape's vocabulary and sequence length.
 
     Counted for a model without time conditioning; the time-conditioned families' adaLN layers run
-    once per sequence and add < 0.5% at T = 128 (trainer/flops.py), so one number ranks the sizes
-    for every family. The exact per-run count is `trainer.train.plan`'s (the tests use it)."""
+    once per sequence and add < 0.5% at T = 128 (core/flops.py), so one number ranks the sizes
+    for every family. The exact per-run count is `trainer.job.train.plan`'s (the tests use it)."""
     cfg = model_config(size, vocab_size=shape.vocab_size + 1, out_vocab_size=shape.vocab_size,
                        seq_len=shape.seq_len)
     return train_flops_per_token(cfg)

@@ -3,7 +3,7 @@
 A recipe says *which* runs a study makes and how each trains: FLOP budgets, how many ladder sizes
 per budget around the compute-optimal one, families and interpolating knob values, batch,
 sequence length, LR (per width), warmup, evaluations, engine settings, vocabulary. Nothing here
-counts FLOPs or builds a RunConfig: FLOP arithmetic is trainer/flops.py (MECHANICS), picking the
+counts FLOPs or builds a RunConfig: FLOP arithmetic is core/flops.py (MECHANICS), picking the
 sizes around f* and building the configs is sweeps/grid.py (MECHANICS). Every value of a preset
 below is a recipe choice; `# RECIPE:` comments give the reason where it is not obvious. The
 dataclasses (Shape, Grid, Search, Recipe) only validate; CPU_TOKENS_PER_S is measurement, not choice.
@@ -14,7 +14,7 @@ the preset; `smoke` also has its own run `Shape` (seconds per run, for tests).
 
 Calibration of LAPTOP / QUICK (measured here, November 2026, for sizing the presets; the
 orchestrator's dry run measures its own throughput for the ETA it prints). Training tokens/s of the
-plain loop (trainer.objective.batch_loss + AdamW + grad clip), 1 thread, batch 8 x 128, BPE 512,
+plain loop (trainer.job.objective.batch_loss + AdamW + grad clip), 1 thread, batch 8 x 128, BPE 512,
 fp32; median of 3 repetitions, each the median of 25 timed steps after 5 warm-up steps, measured
 one process at a time on the shared 2-core machine:
 
@@ -56,8 +56,8 @@ import math
 from dataclasses import dataclass
 
 from trainer.config import EngineConfig
-from trainer.model import LADDER
-from trainer.noise import FAMILIES
+from trainer.model.transformer import LADDER
+from trainer.families.noise import FAMILIES
 
 ALL_FAMILIES = ("autoregressive", "masked", "uniform", "interpolating")
 
@@ -66,7 +66,7 @@ ALL_FAMILIES = ("autoregressive", "masked", "uniform", "interpolating")
 # time limits with it.
 CPU_TOKENS_PER_S: dict[str, dict[str, float]] = {
     # L1-d16, L2-d16 (added with LAPTOP_TOKENS_PER_PARAM) and every uniform / interpolating entry
-    # (re-measured after their fused NELBO, trainer/qhat.py, 1.0-1.8x faster at widths <= 48):
+    # (re-measured after their fused NELBO, trainer/families/qhat.py, 1.0-1.8x faster at widths <= 48):
     # measured the same way in a later session and scaled by that session's ratio to the rows'
     # masked entries (1.03-1.13). Every masked entry: the earlier measurement x the speed-up of
     # computing logits only at masked positions (NoiseFamily.scored_positions), the lower of two
@@ -132,9 +132,9 @@ class Shape:
 class Grid:
     """Which runs one sweep makes: budgets x (family, knob) x sizes, in that nesting order."""
     budgets: tuple[float, ...]
-    """Training FLOP budgets (matmul convention of trainer.flops), in run order."""
+    """Training FLOP budgets (matmul convention of core.flops), in run order."""
     families: tuple[str, ...]
-    """Noise families (trainer.noise.FAMILIES), in run order."""
+    """Noise families (trainer.families.noise.FAMILIES), in run order."""
     knobs: tuple[float, ...] = (0.5,)
     """Interpolating `uniform_share` values (0 = masked noise, 1 = uniform); one run per value."""
     sizes_per_budget: int = 4
@@ -149,7 +149,7 @@ class Grid:
     """Data-bound grids: train on only the first this-many training tokens, repeated in epochs."""
     tokens_per_param: tuple[tuple[str, float], ...] = ()
     """(family, D/N) pairs: that family's sizes are centred on the compute-optimal size of this
-    tokens-per-parameter ratio instead of the recipe's (trainer.flops.compute_optimal_flops_per_token).
+    tokens-per-parameter ratio instead of the recipe's (core.flops.compute_optimal_flops_per_token).
     Chinchilla's 20 is an autoregressive rule; where a family's isoFLOP minimum sits at a preset's
     scale is a measurement (LAPTOP_TOKENS_PER_PARAM)."""
 

@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-import trainer.train as train_mod
+import trainer.job.train as train_mod
 from tests.conftest import REPO, clean_env, tiny_run
-from trainer.checkpoint import LOCK, RunLock
+from trainer.job.checkpoint import LOCK, RunLock
 from trainer.config import RunConfig
-from trainer.tracking import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, ensure_experiment, find_run
-from trainer.train import EXIT_BUSY, train
+from trainer.job.tracking import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, ensure_experiment, find_run
+from trainer.job.train import EXIT_BUSY, train
 
 
 def runs_of(cfg: RunConfig, client: MlflowClient | None = None):
@@ -115,7 +115,7 @@ def test_stale_mlflow_id_in_checkpoint_falls_back_with_a_warning(tmp_path, capfd
 # --- item 5: one writer per run ---------------------------------------------------------------------
 def test_lock_names_its_holder_and_a_killed_holder_does_not_block(tmp_path):
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from trainer.checkpoint import RunLock; "
+        [sys.executable, "-c", "import sys, time; from trainer.job.checkpoint import RunLock; "
          f"assert RunLock({str(tmp_path)!r}).acquire() is None; print('held', flush=True); "
          "time.sleep(120)"], cwd=REPO, env=clean_env(), stdout=subprocess.PIPE, text=True)
     try:
@@ -137,7 +137,7 @@ def test_two_identical_jobs_at_once_one_writes_the_other_is_busy(tmp_path):
     ensure_experiment(MlflowClient(cfg["io"]["tracking_uri"]), "test")   # one creator of the DB
     path = tmp_path / "run.json"
     path.write_text(json.dumps(cfg))
-    procs = [subprocess.Popen([sys.executable, "-m", "trainer.train", "--config", str(path)],
+    procs = [subprocess.Popen([sys.executable, "-m", "trainer.job.train", "--config", str(path)],
                               cwd=REPO, env=clean_env(), stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outs = [(p.wait(300), *p.communicate()) for p in procs]
@@ -184,7 +184,7 @@ def test_sigterm_marks_the_run_killed(tmp_path):
     ensure_experiment(MlflowClient(cfg.io.tracking_uri), "test")
     path = tmp_path / "run.json"
     path.write_text(cfg.to_json())
-    proc = subprocess.Popen([sys.executable, "-m", "trainer.train", "--config", str(path)], cwd=REPO,
+    proc = subprocess.Popen([sys.executable, "-m", "trainer.job.train", "--config", str(path)], cwd=REPO,
                             env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
     client = MlflowClient(cfg.io.tracking_uri)
@@ -233,7 +233,7 @@ def test_experiment_is_marked_model_training_new_and_existing(tmp_path):
 
 
 def test_ui_prints_training_view_links(tmp_path):
-    from trainer.ui import TRAINING_VIEW, training_links
+    from trainer.tools.ui import TRAINING_VIEW, training_links
     uri = f"sqlite:///{tmp_path / 'm.db'}"
     assert training_links(uri, 5000) == []                             # no store: nothing created
     assert not (tmp_path / "m.db").exists()

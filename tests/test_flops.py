@@ -11,8 +11,8 @@ import sys
 import pytest
 import torch
 
-from trainer import flops
-from trainer.model import LADDER, ModelConfig, Transformer, model_config
+from core import flops
+from trainer.model.transformer import LADDER, ModelConfig, Transformer, model_config
 
 # Tiny configuration counted by hand below: L=2, d=8, T=4, V_out=10 (V_in=11: one mask token),
 # GELU ratio 4 -> h=32, 2 heads of width 4.
@@ -167,5 +167,5 @@ def test_param_counts_match_on_cpu_build() -> None:
 
 
 def test_flops_module_does_not_import_torch() -> None:
-    code = "import sys, trainer.flops; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, core.flops; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)

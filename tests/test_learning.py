@@ -1,7 +1,7 @@
 """On the real corpus, a 2-layer model of every family learns more than unigram statistics within
 about a CPU minute: its validation NELBO drops below the corpus's unigram entropy.
 
-Plain PyTorch loop through the same objective the DeepSpeed job uses (trainer.objective); the
+Plain PyTorch loop through the same objective the DeepSpeed job uses (trainer.job.objective); the
 DeepSpeed path itself is exercised in test_train.py. Prints bits per token.
 """
 import math
@@ -10,10 +10,10 @@ import time
 import pytest
 import torch
 
-from trainer.data import DataConfig, load_corpus, sample_batch, validation_windows
-from trainer.model import Transformer, model_config
-from trainer.noise import NoiseConfig, build_family
-from trainer.objective import batch_loss, evaluate
+from trainer.data.loader import DataConfig, load_corpus, sample_batch, validation_windows
+from trainer.model.transformer import Transformer, model_config
+from trainer.families.noise import NoiseConfig, build_family
+from trainer.job.objective import batch_loss, evaluate
 
 STEPS, BATCH, SEQ, LR = 600, 16, 128, 3e-3
 # How far below the unigram entropy each family must get (nats/token). Measured at 600 steps:

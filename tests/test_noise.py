@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from trainer.noise import FAMILIES, NoiseConfig, NoisyBatch, build_family, stratified_t
+from trainer.families.noise import FAMILIES, NoiseConfig, NoisyBatch, build_family, stratified_t
 
 V = 6
 DIFFUSION = [("masked", {}), ("uniform", {}), ("interpolating", {"uniform_share": 0.3}),
@@ -219,9 +219,9 @@ def test_training_loss_options():
 
 
 def test_fused_log_qhat_matches_autograd_and_survives_a_zero_prior():
-    """trainer/qhat.py's closed-form backward equals autograd through the plain formula, and a
+    """trainer/families/qhat.py's closed-form backward equals autograd through the plain formula, and a
     zero prior mass (interpolating at uniform_share 0) with an underflowed x̂ stays finite."""
-    from trainer.qhat import log_qhat_stats
+    from trainer.families.qhat import log_qhat_stats
     g = torch.Generator().manual_seed(3)
     B, T, V = 3, 5, 11
     s = torch.randn(B, T, V, generator=g, dtype=torch.float64, requires_grad=True)
@@ -251,8 +251,8 @@ def test_fused_log_qhat_matches_autograd_and_survives_a_zero_prior():
 def test_scored_positions_give_the_same_loss_nelbo_and_gradients(family, kind):
     # The model computes logits only at `scored_positions` (masked: the masked ones); the loss, its
     # gradients and the validation NELBO must equal the all-positions computation.
-    from trainer.model import Transformer, model_config
-    from trainer import objective
+    from trainer.model.transformer import Transformer, model_config
+    from trainer.job import objective
     fam = build_family(NoiseConfig(family=family, train_loss=kind), 40)
     torch.manual_seed(0)
     model = Transformer(model_config("L1-d16", vocab_size=fam.input_vocab_size, out_vocab_size=40,

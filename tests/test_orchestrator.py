@@ -318,7 +318,7 @@ def test_two_workers_per_trial_train_through_ray_train_like_one_rank(tmp_path):
                        parent_run_id=None)
     (tmp_path / "one.json").write_text(json.dumps(saved))
     t1 = time.perf_counter()
-    ref = subprocess.run([sys.executable, "-m", "trainer.train", "--config", str(tmp_path / "one.json")],
+    ref = subprocess.run([sys.executable, "-m", "trainer.job.train", "--config", str(tmp_path / "one.json")],
                          cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=300)
     ref_wall = time.perf_counter() - t1
     assert ref.returncode == 0, ref.stderr[-3000:]

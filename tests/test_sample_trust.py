@@ -39,8 +39,8 @@ def test_load_run_never_unpickles_code(tmp_path, where):
     """model.pt, a ZeRO-0/1/2 model-states file and a ZeRO-3 shard (DeepSpeed's zero_to_fp32
     passes weights_only=False itself) are all refused, by file name, without running the payload."""
     from trainer.config import RunConfig
-    from trainer.sample import load_run
-    from trainer.train import plan
+    from trainer.sampling.sample import load_run
+    from trainer.job.train import plan
     cfg = RunConfig.from_dict(tiny_run(tmp_path))
     run_dir = tmp_path / "runs" / cfg.run_id()
     run_dir.mkdir(parents=True)

@@ -1,5 +1,5 @@
-"""Samplers (trainer/sampling.py), the KV cache (trainer/model.py) and loading a finished run
-(trainer/sample.py). Tiny CPU models on one thread; ~30-40 s in total on an idle AVX-512 machine,
+"""Samplers (trainer/sampling/samplers.py), the KV cache (trainer/model/transformer.py) and loading a finished run
+(trainer/sampling/sample.py). Tiny CPU models on one thread; ~30-40 s in total on an idle AVX-512 machine,
 most of it four short trainings on a synthetic Markov chain and one tiny DeepSpeed run.
 Untrusted MLflow data and pickles: tests/test_sample_trust.py.
 """
@@ -17,11 +17,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from tests.conftest import REPO, clean_env, tiny_run
-from trainer.kvcache import KVCache
-from trainer.model import ModelConfig, Transformer
-from trainer.noise import FAMILIES, NoiseConfig, build_family
-from trainer.objective import batch_loss, evaluate
-from trainer.sampling import SAMPLERS, PosteriorAncestral, generate
+from trainer.model.kvcache import KVCache
+from trainer.model.transformer import ModelConfig, Transformer
+from trainer.families.noise import FAMILIES, NoiseConfig, build_family
+from trainer.job.objective import batch_loss, evaluate
+from trainer.sampling.samplers import SAMPLERS, PosteriorAncestral, generate
 
 DIFFUSION = ["masked", "uniform", "interpolating"]
 V, T = 8, 32                       # synthetic vocabulary (tokens) and sequence length (tokens)
@@ -157,7 +157,7 @@ def train_on_chain(family_name: str, cap: int, margin: float | None = None, ever
 # above the worst seed.
 # At 1 step every position is drawn independently (the unigram): TV 0.510-0.551 in all of them.
 # 256 true chains of this length give TV 0.017 (the finite-sample floor). The uniform/interpolating
-# reverse step that averaged exact posteriors over x̂ (the first version of trainer/sampling.py)
+# reverse step that averaged exact posteriors over x̂ (the first version of trainer/sampling/samplers.py)
 # gave 0.297 and 0.250 on 600-step models: the 0.2 bound separates the two; the oracle tests below
 # pin the sampler exactly.
 # family -> (NELBO margin over the floor, step cap, max TV at 64 steps, min TV at 1 step,
@@ -192,7 +192,7 @@ def test_autoregressive_kv_cache_sampling_learns_chain_and_matches_uncached():
     assert tv < 0.1
     assert res.steps == res.nfe == T                               # `steps` is ignored for AR
     # the same draws without a cache: full causal forward over the prefix at every position
-    from trainer.sampling import _draw
+    from trainer.sampling.samplers import _draw
     gen = torch.Generator().manual_seed(0)
     seq = torch.zeros(8, 1, dtype=torch.long)
     with torch.no_grad():
@@ -359,8 +359,8 @@ def test_finished_run_exports_weights_and_samples_from_the_cli(tmp_path):
     from mlflow.tracking import MlflowClient
 
     from trainer.config import RunConfig
-    from trainer.sample import find_run, load_run
-    from trainer.train import train
+    from trainer.sampling.sample import find_run, load_run
+    from trainer.job.train import train
 
     cfg = RunConfig.from_dict(tiny_run(tmp_path))
     res = train(cfg, progress=False)
@@ -370,7 +370,7 @@ def test_finished_run_exports_weights_and_samples_from_the_cli(tmp_path):
     assert find_run(tmp_path / "runs", cfg.run_id()[:5]) == run_dir
     model, fam, loaded, corpus = load_run(run_dir)
     assert loaded == cfg and fam.name == cfg.noise.family and not model.training
-    out = subprocess.run([sys.executable, "-m", "trainer.sample", "--run", cfg.run_id()[:6],
+    out = subprocess.run([sys.executable, "-m", "trainer.sampling.sample", "--run", cfg.run_id()[:6],
                           "--out-dir", str(tmp_path / "runs"), "--steps", "8", "--n", "2",
                           "--threads", "1"],
                          cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=120)
@@ -388,14 +388,14 @@ def test_finished_run_exports_weights_and_samples_from_the_cli(tmp_path):
     # a run that finished before model.pt existed: its final (ZeRO-3) checkpoint gives the weights
     exported = {k: v.clone() for k, v in model.state_dict().items()}
     (run_dir / "model.pt").unlink()
-    from trainer.sample import has_weights
+    from trainer.sampling.sample import has_weights
     assert has_weights(run_dir) and not has_weights(unfinished)
     again, *_ = load_run(run_dir)
     assert all(torch.equal(again.state_dict()[k], v) for k, v in exported.items())
 
 
 def test_inverse_cdf_draw_matches_the_distribution_and_never_picks_zero_mass():
-    from trainer.sampling import _draw
+    from trainer.sampling.samplers import _draw
     p = torch.tensor([0.0, 0.5, 0.0, 0.3, 0.2, 0.0])
     gen = torch.Generator().manual_seed(0)
     ids = _draw(p.expand(200_000, -1) * 3.0, gen)                  # unnormalised rows are fine

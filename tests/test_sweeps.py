@@ -21,8 +21,8 @@ import pytest
 
 import sweeps
 from sweeps.recipe import CPU_TOKENS_PER_S, PRESETS
-from trainer.flops import compute_optimal_flops_per_token
-from trainer.train import plan
+from core.flops import compute_optimal_flops_per_token
+from trainer.job.train import plan
 
 REPO = Path(__file__).resolve().parents[1]
 SNAPSHOTS = REPO / "tests" / "snapshots" / "sweeps"
@@ -268,7 +268,7 @@ def test_selection_and_overrides_apply():
 
 def test_sweeps_are_pure():
     banned = {"ray", "mlflow", "deepspeed", "optuna", "time", "datetime", "random", "os", "pathlib",
-              "subprocess", "socket", "trainer.train", "trainer.tracking", "trainer.engine"}
+              "subprocess", "socket", "trainer.job.train", "trainer.job.tracking", "trainer.job.engine"}
     for path in sorted((REPO / "sweeps").glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
             names = ([a.name for a in node.names] if isinstance(node, ast.Import)

@@ -12,13 +12,13 @@ from mlflow.tracking import MlflowClient
 
 from tests.conftest import REPO, clean_env, free_port, tiny_run
 from trainer.config import RunConfig
-from trainer.train import train
+from trainer.job.train import train
 
 
 def run_cli(cfg: dict, tmp: Path, *extra, env=None, timeout=300) -> subprocess.CompletedProcess:
     path = tmp / f"run-{len(list(tmp.glob('run-*.json')))}.json"
     path.write_text(json.dumps(cfg))
-    return subprocess.run([sys.executable, "-m", "trainer.train", "--config", str(path), *extra],
+    return subprocess.run([sys.executable, "-m", "trainer.job.train", "--config", str(path), *extra],
                           cwd=REPO, env=env or clean_env(), capture_output=True, text=True,
                           timeout=timeout)
 
@@ -92,7 +92,7 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
     # interrupted: start as a process, SIGKILL it once a mid-run checkpoint exists
     cfg_path = tmp_path / "cut.json"
     cfg_path.write_text(cut.to_json())
-    proc = subprocess.Popen([sys.executable, "-m", "trainer.train", "--config", str(cfg_path)],
+    proc = subprocess.Popen([sys.executable, "-m", "trainer.job.train", "--config", str(cfg_path)],
                             cwd=REPO, env=clean_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     root = cut_dir / "runs" / cut.run_id() / "ckpt"
@@ -185,7 +185,7 @@ def test_two_processes_match_one_process(tmp_path):
     path = tmp_path / "two.json"
     path.write_text(json.dumps(two))
     r2 = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                         "--master_addr=127.0.0.1", f"--master_port={free_port()}", "-m", "trainer.train",
+                         "--master_addr=127.0.0.1", f"--master_port={free_port()}", "-m", "trainer.job.train",
                          "--config", str(path)], cwd=REPO, env=clean_env(OMP_NUM_THREADS="1"),
                         capture_output=True, text=True, timeout=300)
     assert r2.returncode == 0, r2.stderr[-3000:]

@@ -1,4 +1,4 @@
-"""`make ui` (python -m trainer.ui): a real MLflow server on 127.0.0.1 over a sqlite store shows the
+"""`make ui` (python -m trainer.tools.ui): a real MLflow server on 127.0.0.1 over a sqlite store shows the
 runs written straight to that sqlite file, and listens on the loopback interface only."""
 import os
 import shutil
@@ -58,12 +58,12 @@ def test_make_ui_runs_the_entry_point():
         pytest.skip("make not installed")
     out = subprocess.run(["make", "-n", "ui", "UI_PORT=5999"], cwd=REPO, capture_output=True,
                          text=True, check=True).stdout
-    assert "-m trainer.ui --port 5999" in out
+    assert "-m trainer.tools.ui --port 5999" in out
 
 
 def test_ui_serves_the_store_on_loopback_only(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    # a run written straight to the sqlite file, as trainer.tracking does (this also creates the DB
+    # a run written straight to the sqlite file, as trainer.job.tracking does (this also creates the DB
     # before the server opens it: two processes migrating a fresh sqlite file at once race)
     store = MlflowClient(uri)
     exp = store.create_experiment("ui-test")
@@ -74,7 +74,7 @@ def test_ui_serves_the_store_on_loopback_only(tmp_path):
                     metrics=[Metric("val_nelbo", 5.0 - k, 0, step) for k, step in enumerate((0, 3, 7))])
 
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "trainer.ui", "--port", str(port), "--uri", uri],
+    proc = subprocess.Popen([sys.executable, "-m", "trainer.tools.ui", "--port", str(port), "--uri", uri],
                             cwd=REPO, env=clean_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     try:

@@ -14,10 +14,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from trainer.data import DataConfig
-from trainer.flops import CONVENTIONS
-from trainer.model import LADDER, MLP_HIDDEN
-from trainer.noise import FAMILIES, NoiseConfig
+from trainer.data.loader import DataConfig
+from core.flops import CONVENTIONS
+from trainer.model.transformer import LADDER, MLP_HIDDEN
+from trainer.families.noise import FAMILIES, NoiseConfig
 
 SCHEDULES = ("cosine", "wsd")
 
@@ -48,7 +48,7 @@ class TrainConfig:
     seed: int = 0
     """Seeds the init, the batch order and the training noise."""
     flop_convention: str = "matmul"
-    """FLOP counting convention of trainer.flops ('matmul' or '6N')."""
+    """FLOP counting convention of core.flops ('matmul' or '6N')."""
     data_pool_tokens: int | None = None
     """Data-bound mode: draw windows from only the first this-many training tokens (repeated epochs)."""
     evals: int = 8
@@ -106,7 +106,7 @@ class EngineConfig:
     block instead of one per Linear/RMSNorm (9 modules per block). Partitioning at rest is unchanged.
     Measured on 2 shared CPU threads (bench/bench_train.py, three runs), ZeRO-3's step-time
     overhead over plain PyTorch drops from +42-44% to +25-33% at L2-d64 and from +12-26% to +7-15%
-    at L6-d256. Off = DeepSpeed's default per-module fetching. Crossover: trainer/engine.py."""
+    at L6-d256. Off = DeepSpeed's default per-module fetching. Crossover: trainer/job/engine.py."""
     workers: int = 1
     """Data-parallel DeepSpeed ranks per trial (orchestrator: Ray Train workers, each `threads` CPU
     threads or one GPU). The global batch is split over them, so train.batch_size and
@@ -154,7 +154,7 @@ class IOConfig:
 @dataclass(frozen=True, kw_only=True)
 class RunConfig:
     size: str = "L2-d64"
-    """Ladder size name (trainer.model.LADDER)."""
+    """Ladder size name (trainer.model.transformer.LADDER)."""
     mlp: str = "gelu"
     """MLP kind ('gelu' or 'swiglu')."""
     time_cond: bool | None = None

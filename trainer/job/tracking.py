@@ -32,7 +32,7 @@ STEP_UNIT = "GFLOP"
 STEP_FLOPS = 1e9
 # MLflow 3's documented marker of an experiment's kind: this value is what the UI's own
 # experiment-kind selector writes for "Machine learning" (mlflow/server/js, ExperimentKind enum).
-# The 3.17 UI does not yet follow it (its view follows a browser-stored switch); trainer/ui.py
+# The 3.17 UI does not yet follow it (its view follows a browser-stored switch); trainer/tools/ui.py
 # prints links with the query that does. Set anyway, so a UI that reads it opens the right view.
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"

@@ -1,6 +1,6 @@
 """One training job = one point of a scaling grid. `train(config)` for the orchestrator, and
 
-    python -m trainer.train --config run.json [--set train.lr=1e-3 ...]
+    python -m trainer.job.train --config run.json [--set train.lr=1e-3 ...]
 
 Compute drives the run: the FLOP budget fixes the step count (within 1%); evaluation happens at
 evenly spaced steps (hence FLOPs) and at the end, on fixed validation windows with fixed noise.
@@ -25,16 +25,18 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from trainer import checkpoint, objective
+from trainer.job import checkpoint
+
+from trainer.job import objective
 from trainer.config import RunConfig
-from trainer.data import load_corpus, sample_batch, validation_windows
-from trainer.engine import build_engine, init_distributed, placement
-from trainer.flops import flops_for_steps, mfu, param_counts, steps_for_budget
-from trainer.model import Transformer, model_config
-from trainer.noise import build_family
-from trainer.objective import evaluate
-from trainer.peak import matmul_peak_flops
-from trainer.tracking import STEP_UNIT, Tracker, flop_step
+from trainer.data.loader import load_corpus, sample_batch, validation_windows
+from trainer.job.engine import build_engine, init_distributed, placement
+from core.flops import flops_for_steps, mfu, param_counts, steps_for_budget
+from trainer.model.transformer import Transformer, model_config
+from trainer.families.noise import build_family
+from trainer.job.objective import evaluate
+from trainer.tools.peak import matmul_peak_flops
+from trainer.job.tracking import STEP_UNIT, Tracker, flop_step
 
 EXIT_BUSY = 75   # EX_TEMPFAIL: another job is writing this run; nothing was done, try again later
 WEIGHTS = "model.pt"  # final fp32 state_dict of a FINISHED run: out_dir/<run_id>/model.pt

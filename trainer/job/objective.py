@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from trainer.noise import NoiseFamily, NoisyBatch
+from trainer.families.noise import NoiseFamily, NoisyBatch
 
 VAL_T_POWER = 2.0  # importance sampling of t for validation (t = u²): see noise.stratified_t
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from trainer.config import EngineConfig, TrainConfig
-from trainer.model import Block
+from trainer.model.transformer import Block
 
 QUIET_LOGGERS = ("DeepSpeed", "deepspeed", "torch.distributed")
 
@@ -191,6 +191,6 @@ def warm_up() -> None:
 if __name__ == "__main__":
     import sys
     if sys.argv[1:] != ["--warm-up"]:
-        sys.exit("usage: python -m trainer.engine --warm-up")
+        sys.exit("usage: python -m trainer.job.engine --warm-up")
     warm_up()
     print("DeepSpeed CPU ops ready")

@@ -2,18 +2,18 @@
 
 Pipeline (`load_corpus`), run once per cache key and reused afterwards:
 
-1. documents from `trainer.corpus` (packaged sources, or user paths instead of them);
-2. train/validation split *by document*, per source (`trainer.token_cache.split_documents`);
+1. documents from `trainer.data.corpus` (packaged sources, or user paths instead of them);
+2. train/validation split *by document*, per source (`trainer.data.token_cache.split_documents`);
 3. byte-level BPE trained on the train split only, so validation text never shapes the vocabulary;
 4. both splits tokenised into `train.bin` / `val.bin` (flat token ids, every document followed by
    `<|endoftext|>`), read back as `np.memmap`; plus `tokenizer.json`, `meta.json`, `documents.json`
-   (`trainer.token_cache.build_cache`).
+   (`trainer.data.token_cache.build_cache`).
 
 The cache directory is `<cache_dir>/<key>`, key = hash of everything that changes the tokens
 (`cache_key_inputs`). Builds happen in a temp dir renamed into place under a file lock, so parallel
 trials build once and never read a half-written cache.
 
-Run `python -m trainer.data --help` to build and print the corpus table.
+Run `python -m trainer.data.loader --help` to build and print the corpus table.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from typing import Iterator
 import numpy as np
 from tokenizers import Tokenizer
 
-from trainer.corpus import (
+from trainer.data.corpus import (
     CLEANING_VERSION,
     SOURCES,
     Document,
@@ -45,7 +45,7 @@ from trainer.corpus import (
     package_version,
     user_files,
 )
-from trainer.token_cache import TOKENIZER_RECIPE_VERSION, build_cache
+from trainer.data.token_cache import TOKENIZER_RECIPE_VERSION, build_cache
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ _REPO_ROOT = Path(__file__).resolve().parents[1]
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DataConfig:
     sources: tuple[str, ...] = ("sotu", "wiki", "shakespeare", "kjv")
-    """Packaged sources (names in `trainer.corpus.SOURCES`); ignored when `paths` is non-empty."""
+    """Packaged sources (names in `trainer.data.corpus.SOURCES`); ignored when `paths` is non-empty."""
     paths: tuple[str, ...] = ()
     """User text: .txt/.md files, directories of them, or .parquet files. Non-empty -> replaces
     `sources`; each path becomes one source."""
@@ -320,7 +320,7 @@ def validation_windows(tokens: np.ndarray, n_seqs: int, seq_len: int) -> np.ndar
 
 
 # ---------------------------------------------------------------------------------------------
-# CLI: python -m trainer.data [--vocab-size N] [--paths P ...] [--text-column C] [--cache-dir D]
+# CLI: python -m trainer.data.loader [--vocab-size N] [--paths P ...] [--text-column C] [--cache-dir D]
 
 
 def format_table(corpus: Corpus) -> str:

@@ -12,7 +12,7 @@ Pure torch (no MLflow, no files). One class per way of sampling, registered by f
   model's prediction (GIDD, von Rütte et al. 2025; UDLM, Schiff et al.), K model calls.
 - autoregressive: temperature sampling, one position at a time through the model's KV cache.
 
-Reverse posterior used for uniform and interpolating noise (all of trainer/noise.py's diffusion
+Reverse posterior used for uniform and interpolating noise (all of trainer/families/noise.py's diffusion
 families share the form q_t(z | x) = α_t δ(z = x) + β_t π_t(z), β = 1 − α). Its transition from
 s < t is
 
@@ -21,7 +21,7 @@ s < t is
 
 (uniform: β_{t|s} π_{t|s} = (1 − α_{t|s}) / V; nonnegative for the hybrid prior because
 β_t σ_t / α_t and β_t (1 − σ_t) / α_t both decrease in α_t). The reverse step is the model's own,
-the one its NELBO (trainer/noise.py) is the bound of: x̂ = x̂_θ(z_t, t) is plugged into the forward
+the one its NELBO (trainer/families/noise.py) is the bound of: x̂ = x̂_θ(z_t, t) is plugged into the forward
 marginals (the mean parameterisation of GIDD / UDLM),
 
     p_θ(z_s | z_t) = q(z_t | z_s) · q_s(z_s | x̂) / q_t(z_t | x̂),   q_s(y | x̂) = α_s x̂(y) + β_s π_s(y),
@@ -48,8 +48,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from trainer.kvcache import KVCache
-from trainer.noise import NoiseFamily
+from trainer.model.kvcache import KVCache
+from trainer.families.noise import NoiseFamily
 
 
 VERSION = 2
@@ -224,7 +224,7 @@ SAMPLERS: dict[str, Sampler] = {
 def generate(model: nn.Module, family: NoiseFamily, *, n: int, seq_len: int, steps: int, seed: int,
              temperature: float = 1.0, device: str | torch.device = "cpu",
              batch_size: int | None = None, start_id: int | None = None) -> SampleResult:
-    """Sample n sequences of seq_len tokens from `model` (a trainer.model.Transformer of `family`).
+    """Sample n sequences of seq_len tokens from `model` (a trainer.model.transformer.Transformer of `family`).
 
     steps: denoising steps on the uniform grid t_k = 1 − k/steps (ignored by the AR family, which
     takes seq_len positions). seed: same seed, device and batch_size -> identical tokens.

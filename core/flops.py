@@ -1,4 +1,4 @@
-"""FLOP and parameter arithmetic for `trainer.model.Transformer` (MECHANICS; pure functions).
+"""FLOP and parameter arithmetic for `trainer.model.transformer.Transformer` (MECHANICS; pure functions).
 
 Convention ("matmul", the default). FLOPs per token of the forward pass count every matrix
 multiply at 2 FLOPs per multiply-accumulate, as in Kaplan et al. 2020 (Table 1) and Chinchilla
@@ -35,7 +35,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from trainer.model import ModelConfig
+    from trainer.model.transformer import ModelConfig
 
 # d×h matrices in the MLP of each kind (GELU: in, out; SwiGLU: gate, up, out).
 MLP_MATRICES = {"gelu": 2, "swiglu": 3}

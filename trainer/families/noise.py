@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from trainer.qhat import log_qhat_stats
+from trainer.families.qhat import log_qhat_stats
 
 T_MIN = 1e-6  # t is clamped away from 0: the masked weight 1/t would overflow there
 
@@ -182,7 +182,7 @@ class NoiseFamily(ABC):
         """(B, T) bool mask of the positions whose NELBO integrand and training loss can be
         non-zero, or None for all of them. The model computes logits only there (the output head
         dominates small models); every loss and NELBO is unchanged, and FLOP accounting still
-        counts the head at every position (trainer/flops.py, the papers' convention)."""
+        counts the head at every position (core/flops.py, the papers' convention)."""
         return None
 
     def nelbo(self, logits: Tensor, batch: NoisyBatch, positions: Tensor | None = None) -> Tensor:
@@ -284,7 +284,7 @@ class Uniform(NoiseFamily):
         V = self.V
         a, da = self.alpha(t), self.dalpha(t)
         b = (1.0 - a) / V                                            # β/V, mass of each token in the prior part
-        # log q̂ = log(a·x̂ + b) reduced three ways, fused with a closed-form backward (trainer/qhat.py)
+        # log q̂ = log(a·x̂ + b) reduced three ways, fused with a closed-form backward (trainer/families/qhat.py)
         sum_log, lq_x, lq_z = log_qhat_stats(log_probs, a, b, x, z)
         # KL(q(·|x) ‖ q(·|x̂)) with q(·|x) = a·onehot(x) + b: closed form in three reductions.
         q_log_q = torch.special.xlogy(a + b, a + b) + (V - 1) * torch.special.xlogy(b, b)

@@ -11,7 +11,7 @@ family). Opinionated choices that matter for scaling are fixed here and document
   a fresh time-conditioned model computes exactly the same function as an unconditioned one.
 
 Shapes: B batch, T sequence length, d model width, H heads, D = d / H head width, V_out classes.
-Imports only torch and the standard library; `python -m trainer.model` prints the size ladder.
+Imports only torch and the standard library; `python -m trainer.model.transformer` prints the size ladder.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 if TYPE_CHECKING:
-    from trainer.kvcache import KVCache, LayerCache
+    from trainer.model.kvcache import KVCache, LayerCache
 
 # Hidden width of each MLP kind as a function of (d_model, mlp_ratio). SwiGLU keeps the parameter
 # count of a ratio-r GELU MLP by using 2/3 of its hidden width over three matrices (Shazeer 2020),

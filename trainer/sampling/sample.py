@@ -1,6 +1,6 @@
 """Sample from a finished run and print the text:
 
-    python -m trainer.sample --run RUN_ID --steps 64 --n 16 [--out-dir runs] [--seed 0]
+    python -m trainer.sampling.sample --run RUN_ID --steps 64 --n 16 [--out-dir runs] [--seed 0]
                              [--temperature 1.0] [--seq-len T] [--batch-size B] [--device cpu]
                              [--threads N]
 
@@ -23,13 +23,13 @@ from pathlib import Path
 
 import torch
 
-from trainer import checkpoint
+from trainer.job import checkpoint
 from trainer.config import RunConfig
-from trainer.data import Corpus, load_corpus
-from trainer.model import Transformer
-from trainer.noise import NoiseFamily, build_family
-from trainer.sampling import generate
-from trainer.train import WEIGHTS, plan
+from trainer.data.loader import Corpus, load_corpus
+from trainer.model.transformer import Transformer
+from trainer.families.noise import NoiseFamily, build_family
+from trainer.sampling.samplers import generate
+from trainer.job.train import WEIGHTS, plan
 
 
 def confine(path: str | Path, root: str | Path, what: str) -> Path:

@@ -30,7 +30,7 @@ import unicodedata
 from pathlib import Path
 from typing import Callable
 
-# Bump whenever any cleaning rule below changes (enters the cache key in trainer/data.py).
+# Bump whenever any cleaning rule below changes (enters the cache key in trainer/data/loader.py).
 CLEANING_VERSION = 1
 
 # Document separator token of the tokenizer; a literal occurrence inside a text would be read as a

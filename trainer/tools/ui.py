@@ -1,8 +1,8 @@
 """`make ui`: the MLflow web UI and REST API on 127.0.0.1, against the project's tracking store.
 
-    python -m trainer.ui [--port 5000] [--uri URI] [--dry-run]
+    python -m trainer.tools.ui [--port 5000] [--uri URI] [--dry-run]
 
-The store is --uri, else $MLFLOW_TRACKING_URI, else sqlite:///<repo>/mlflow.db (trainer.tracking).
+The store is --uri, else $MLFLOW_TRACKING_URI, else sqlite:///<repo>/mlflow.db (trainer.job.tracking).
 Lean settings from STACK.md: `mlflow server --workers 1` with MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false
 is 2 processes (~410 MiB, ready in ~10 s) where `mlflow ui` is ~15 (~2 GiB). Bound to 127.0.0.1 only.
 Artifacts uploaded through the server go to an `mlartifacts/` folder beside the sqlite file.
@@ -16,7 +16,7 @@ loss against compute.
 MLflow 3.17's UI has a global GenAI / Model training switch (top left) that decides the view of
 every experiment; it starts on GenAI (an experiment page then reads "Overview", "Evaluation runs",
 ...) and remembers a click in the browser's local storage. The experiment tag
-mlflow.experimentKind (set by trainer.tracking) does not override it in this build, a URL query
+mlflow.experimentKind (set by trainer.job.tracking) does not override it in this build, a URL query
 `?workflowType=machine_learning` does: so the links printed at start open each experiment in the
 training view (Runs, Model metrics).
 """
@@ -27,7 +27,7 @@ import os
 import sys
 from pathlib import Path
 
-from trainer.tracking import resolve_uri
+from trainer.job.tracking import resolve_uri
 
 TRAINING_VIEW = "workflowType=machine_learning"    # the UI's own query for the Model training view
 
@@ -61,7 +61,7 @@ def server_env() -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m trainer.ui", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m trainer.tools.ui", description=__doc__.split("\n")[0])
     ap.add_argument("--port", type=int, default=int(os.environ.get("UI_PORT", DEFAULT_PORT)))
     ap.add_argument("--uri", help="tracking store (default: $MLFLOW_TRACKING_URI or the repo's sqlite)")
     ap.add_argument("--dry-run", action="store_true", help="print the server command and exit")

@@ -1,4 +1,4 @@
-"""KV cache of a causal Transformer (trainer/model.py), for autoregressive sampling only.
+"""KV cache of a causal Transformer (trainer/model/transformer.py), for autoregressive sampling only.
 
 `Transformer.decode(idx, cache)` runs positions [cache.length, cache.length + T) and appends their
 keys and values (after rotary) to every layer's buffers; training never builds one.
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from trainer.model import ModelConfig
+from trainer.model.transformer import ModelConfig
 
 
 class LayerCache:

@@ -1,6 +1,6 @@
 """Writing one token cache: document split, byte-level BPE, token arrays, metadata.
 
-Pure mechanics, no configuration object: `trainer.data.load_corpus` decides *where* and *whether*
+Pure mechanics, no configuration object: `trainer.data.loader.load_corpus` decides *where* and *whether*
 to build (cache key, lock, atomic rename) and calls `build_cache` on a fresh temp directory.
 
 Cache layout (all written by `build_cache`):
@@ -24,7 +24,7 @@ from typing import Iterator
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from trainer.corpus import EOT_TEXT, CorpusError, Document
+from trainer.data.corpus import EOT_TEXT, CorpusError, Document
 
 log = logging.getLogger(__name__)
 
