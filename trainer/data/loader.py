@@ -49,7 +49,7 @@ from trainer.data.token_cache import TOKENIZER_RECIPE_VERSION, build_cache
 
 log = logging.getLogger(__name__)
 
-_REPO_ROOT = Path(__file__).resolve().parents[1]
+_REPO_ROOT = Path(__file__).resolve().parents[2]  # trainer/data/loader.py -> repo root
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
