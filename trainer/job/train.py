@@ -226,7 +226,7 @@ def _train(cfg: RunConfig, p: Plan, corpus, place, rank: int, world: int, progre
     existing = tracker.existing(p.run_id) if tracker else None
     done = _bcast(existing is not None and existing.info.status == "FINISHED", rank, world)
     if done:
-        final = existing.data.metrics.get("val_nelbo") if existing else None
+        final = existing.data.metrics.get(M.METRIC_LOSS) if existing else None
         return RunResult(p.run_id, "SKIPPED", existing.info.run_id if existing else None, p.steps, final)
 
     def build():
@@ -292,13 +292,14 @@ def _loop(cfg: RunConfig, p: Plan, engine, family, corpus, place, rank: int, wor
         flops = step * p.flops_per_step
         tok_s = (step - last_eval_step) * tc.batch_size * tc.seq_len / max(now - last_eval_t, 1e-9)
         if tracker:
-            metrics = {"val_nelbo": nelbo, "tokens": step * tc.batch_size * tc.seq_len, "flops": flops,
-                       "wall_time_s": wall0 + now - t0, "tokens_per_s": tok_s,
-                       "mfu": mfu(tok_s * p.flops_per_step / (tc.batch_size * tc.seq_len), peak * world),
-                       "epoch": step * tc.batch_size * tc.seq_len / pool,
-                       "lr": engine.get_lr()[0]}
+            metrics = {M.METRIC_LOSS: nelbo, M.METRIC_TOKENS: step * tc.batch_size * tc.seq_len,
+                       M.METRIC_FLOPS: flops, M.METRIC_WALL_TIME: wall0 + now - t0,
+                       M.METRIC_TOKENS_PER_S: tok_s,
+                       M.METRIC_MFU: mfu(tok_s * p.flops_per_step / (tc.batch_size * tc.seq_len), peak * world),
+                       M.METRIC_EPOCH: step * tc.batch_size * tc.seq_len / pool,
+                       M.METRIC_LR: engine.get_lr()[0]}
             if loss_n:
-                metrics["train_loss"] = loss_sum / loss_n
+                metrics[M.METRIC_TRAIN_LOSS] = loss_sum / loss_n
             tracker.log(flop_step(flops), metrics)
             tracker.flush()                               # live curves: one log_batch per evaluation
             if progress:
