@@ -26,7 +26,8 @@ from analysis import load, plots, report
 from analysis.frontier import C_BIN_TOL_DEX
 from analysis.schema import AnalysisError
 from analysis.study import fit_study, select_groups
-from trainer.job.tracking import resolve_uri
+from core import schema as M
+from core.schema import resolve_uri
 
 EXIT_BAD_INPUT = 2
 EXIT_NOTHING_FITTED = 3
@@ -48,9 +49,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--n-column", choices=("n_total", "n_nonembed"), default="n_total",
                    help="parameter count used as N for MLflow runs")
     p.add_argument("--preset", default=None,
-                   help="MLflow: fit the latest study made with this preset (tag dlm.preset)")
+                   help=f"MLflow: fit the latest study made with this preset (tag {M.TAG_PRESET})")
     p.add_argument("--sweep-id", default=None,
-                   help="MLflow: fit the study with this sweep id (tag dlm.sweep_id; a unique "
+                   help=f"MLflow: fit the study with this sweep id (tag {M.TAG_SWEEP_ID}; a unique "
                         "prefix will do, e.g. the 6 characters in the parent run's name)")
     p.add_argument("--all-studies", action="store_true",
                    help="MLflow: pool every study of the experiment (or every one matching "
@@ -143,7 +144,7 @@ def _attach(experiment: str, tracking_uri: str | None, files: list[Path],
     # The fitted study's parent (the latest one when studies are pooled), not simply the latest.
     parent = selection.parents[0] if selection.parents else None
     if parent is None:
-        print(f"note: experiment {experiment!r} has no parent run (tag dlm.role=parent); "
+        print(f"note: experiment {experiment!r} has no parent run (tag {M.TAG_ROLE}={M.ROLE_PARENT}); "
               "nothing attached", file=sys.stderr)
         return
     client = MlflowClient(tracking_uri=tracking_uri)

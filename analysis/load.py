@@ -17,8 +17,9 @@ from analysis import schema as S
 from analysis import studies
 from analysis.schema import AnalysisError
 from analysis.studies import Selection, StudyChoice
+from core import schema as M
+from core.search import search_all
 
-_PAGE = 1000  # search_runs page size (the server caps pages anyway)
 _BULK_CHUNK = 200  # run ids per bulk metric query (keeps the SQL IN list short)
 _BULK_MAX = 10_000_000  # rows per bulk query; hitting it means truncation -> per-run fallback
 _SNIFF_BYTES = 8192  # bytes of a --from-table file inspected before parsing (empty? binary?)
@@ -71,22 +72,11 @@ def _experiment_id(client, experiment: str) -> str:
     return exp.experiment_id
 
 
-def _search_all(client, experiment_id: str, role: str, order_by: list[str] | None = None) -> list:
-    runs, token = [], None
-    while True:
-        page = client.search_runs([experiment_id], filter_string=f"tags.`{S.TAG_ROLE}` = '{role}'",
-                                  max_results=_PAGE, order_by=order_by, page_token=token)
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
-
-
 def latest_parent_run_id(experiment: str, tracking_uri: str | None = None) -> str | None:
     """MLflow id of the newest parent run (tag dlm.role=parent) of the sweep, or None."""
     client = _client(tracking_uri)
     page = client.search_runs([_experiment_id(client, experiment)],
-                              filter_string=f"tags.`{S.TAG_ROLE}` = '{S.ROLE_PARENT}'",
+                              filter_string=M.role_filter(M.ROLE_PARENT),
                               order_by=["attributes.start_time DESC"], max_results=1)
     return page[0].info.run_id if page else None
 
@@ -133,19 +123,19 @@ def _run_meta(runs: list) -> pd.DataFrame:
     records = []
     for r in runs:
         tags, params = r.data.tags, r.data.params
-        unit = S.STEP_UNIT_FLOPS.get(tags.get(S.TAG_STEP_UNIT, "GFLOP"), np.nan)
+        unit = M.STEP_UNIT_FLOPS.get(tags.get(M.TAG_STEP_UNIT, M.STEP_UNIT), np.nan)
         records.append({
             "mlflow_run_id": r.info.run_id,
-            "run_id": tags.get(S.TAG_RUN_ID, r.info.run_id),
-            "sweep": tags.get(S.TAG_SWEEP, ""),
-            "family": tags.get(S.TAG_FAMILY, ""),
-            "knob": _float(tags.get(S.TAG_KNOB)),
-            "size": tags.get(S.TAG_SIZE, ""),
-            "budget": _float(tags.get(S.TAG_BUDGET)),
-            "n_nonembed": _float(params.get(S.PARAM_N_NONEMBED)),
-            "n_total": _float(params.get(S.PARAM_N_TOTAL)),
+            "run_id": tags.get(M.TAG_RUN_ID, r.info.run_id),
+            "sweep": tags.get(M.TAG_SWEEP, ""),
+            "family": tags.get(M.TAG_FAMILY, ""),
+            "knob": _float(tags.get(M.TAG_KNOB)),
+            "size": tags.get(M.TAG_SIZE, ""),
+            "budget": _float(tags.get(M.TAG_BUDGET)),
+            "n_nonembed": _float(params.get(M.PARAM_N_NONEMBED)),
+            "n_total": _float(params.get(M.PARAM_N_TOTAL)),
             "status": r.info.status,
-            "_flops_per_token": _float(params.get(S.PARAM_FLOPS_PER_TOKEN)),
+            "_flops_per_token": _float(params.get(M.PARAM_FLOPS_PER_TOKEN)),
             "_flops_per_step": unit,
         })
     return pd.DataFrame.from_records(records)
@@ -170,10 +160,10 @@ def load_study(experiment: str, tracking_uri: str | None = None,
     run's), and the :class:`~analysis.studies.Selection` saying which runs that is."""
     client = _client(tracking_uri)
     exp_id = _experiment_id(client, experiment)
-    runs = _search_all(client, exp_id, S.ROLE_TRIAL)
+    runs = search_all(client, exp_id, M.role_filter(M.ROLE_TRIAL))
     if not runs:
         raise AnalysisError(f"MLflow experiment {experiment!r} has no trial runs "
-                            f"(tag {S.TAG_ROLE}={S.ROLE_TRIAL})")
+                            f"(tag {M.TAG_ROLE}={M.ROLE_TRIAL})")
     runs, selection = studies.select(client, exp_id, experiment, runs, choice)
     if not runs:
         raise AnalysisError(f"MLflow experiment {experiment!r}: {selection.label} has no trial "
@@ -189,10 +179,10 @@ def _runs_frame(client, runs: list, bulk: bool) -> pd.DataFrame:
         return (hist.loc[hist["key"] == key, ["mlflow_run_id", "step", "value"]]
                     .rename(columns={"value": key}))
 
-    points = metric(S.METRIC_LOSS)
-    for key in (S.METRIC_TOKENS, S.METRIC_FLOPS):
+    points = metric(M.METRIC_LOSS)
+    for key in (M.METRIC_TOKENS, M.METRIC_FLOPS):
         points = points.merge(metric(key), on=["mlflow_run_id", "step"], how="left")
-    train = metric(S.METRIC_TRAIN_LOSS).sort_values("step")
+    train = metric(M.METRIC_TRAIN_LOSS).sort_values("step")
     points = pd.merge_asof(points.sort_values("step"), train, on="step", by="mlflow_run_id",
                            direction="backward")
     df = meta.merge(points, on="mlflow_run_id", how="left")
@@ -213,7 +203,7 @@ def final_points(runs: pd.DataFrame, n_column: str = "n_total") -> tuple[pd.Data
     logged under several MLflow runs (a resume) keeps its finished run with the most compute.
     """
     fin = runs[runs["is_final"]].copy()
-    fin["_ok"] = fin["status"] == S.STATUS_FINISHED
+    fin["_ok"] = fin["status"] == M.STATUS_FINISHED
     fin = fin.sort_values(["run_id", "_ok", "step"], na_position="first")
     dedup = fin.drop_duplicates("run_id", keep="last")
     failed = dedup["status"].isin(["FAILED", "KILLED"])

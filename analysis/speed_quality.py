@@ -8,19 +8,8 @@ step counts; this module reads what it logged and finds the fronts.
     python -m analysis.speed_quality --experiment smoke [--tracking-uri URI] [--out DIR]
         [--min-entropy-ratio 0.9]
 
-MLflow layout written by the sampling stage (in the study's own experiment)
-----------------------------------------------------------------------------
-* One run tagged ``dlm.role=sampling_parent`` per invocation; under it (``mlflow.parentRunId``)
-  one run per trained run, tagged ``dlm.role=sampling``.
-* tags: ``dlm.source_run`` (MLflow id of the trained run), ``dlm.run_id``, ``dlm.family``,
-  ``dlm.knob`` ("" or the interpolating ``uniform_share``), ``dlm.size``, ``dlm.budget_flops``,
-  ``dlm.sampler``, ``dlm.judge_run_id``, ``dlm.judge`` (text), ``dlm.val_nelbo`` (the trained run's
-  final validation NELBO) and ``dlm.ref_entropy`` (mean per-sequence unigram entropy of real
-  validation windows of the same length, nats: the yardstick for "degenerate").
-* params: ``seed``, ``n_samples``, ``seq_len``, ``temperature``.
-* metrics at ``step`` = the sampler's denoising steps (autoregressive: seq_len): ``tokens_per_s``,
-  ``latency_s`` (per sequence), ``gen_ppl`` (exp of the judge's mean NLL/token on the samples),
-  ``entropy`` (mean per-sequence unigram entropy of the samples, nats), ``nfe`` (forward passes).
+The sampling stage's MLflow layout (its roles, tags, params and metrics) is defined in
+:mod:`core.schema`, which the stage writes with and this module reads with.
 
 A point dominates another if it is at least as fast and at least as good (gen-PPL <=), and strictly
 one of the two. Samples whose unigram entropy falls below ``min_entropy_ratio`` x the reference are
@@ -42,31 +31,25 @@ import pandas as pd
 from analysis import load, plots
 from analysis import schema as S
 from analysis.schema import AnalysisError
+from core import schema as M
+from core.search import search_all
 
-ROLE_SAMPLING = "sampling"
-ROLE_SAMPLING_PARENT = "sampling_parent"
-TAG_SOURCE_RUN = "dlm.source_run"
-TAG_SAMPLER = "dlm.sampler"
-TAG_JUDGE_RUN_ID = "dlm.judge_run_id"
-TAG_JUDGE = "dlm.judge"
-TAG_VAL_NELBO = "dlm.val_nelbo"
-TAG_REF_ENTROPY = "dlm.ref_entropy"
-INT_PARAMS = ("seed", "n_samples", "seq_len")
-FLOAT_PARAMS = ("temperature",)
-METRICS = ("tokens_per_s", "latency_s", "gen_ppl", "entropy", "nfe")
+INT_PARAMS = (M.PARAM_SEED, M.PARAM_N_SAMPLES, M.PARAM_SEQ_LEN)
+FLOAT_PARAMS = (M.PARAM_TEMPERATURE,)
+METRICS = M.SAMPLING_METRICS
 MIN_ENTROPY_RATIO = 0.9
 EXIT_BAD_INPUT = 2
 
 SAMPLING_COLUMNS: dict[str, str] = {
     "run": "MLflow id of the sampling run",
-    "source_run": "MLflow id of the trained run it sampled (dlm.source_run)",
-    "run_id": "dlm.run_id: the trained run's config hash",
+    "source_run": f"MLflow id of the trained run it sampled ({M.TAG_SOURCE_RUN})",
+    "run_id": f"{M.TAG_RUN_ID}: the trained run's config hash",
     "family": "noise family",
     "knob": "interpolating uniform_share as float; NaN for other families",
     "group": "schema.group_label(family, knob): 'masked', 'interpolating@0.5', ...",
     "size": "ladder name of the trained model",
     "budget": "training budget, FLOPs",
-    "sampler": "sampler name (dlm.sampler)",
+    "sampler": f"sampler name ({M.TAG_SAMPLER})",
     "steps": "denoising steps (autoregressive: seq_len); the metrics' MLflow step",
     "tokens_per_s": "generated tokens per second",
     "latency_s": "seconds per sequence",
@@ -93,18 +76,18 @@ def _meta(runs: list) -> pd.DataFrame:
     records = []
     for r in runs:
         tags, params = r.data.tags, r.data.params
-        knob = load._float(tags.get(S.TAG_KNOB))
-        family = tags.get(S.TAG_FAMILY, "")
+        knob = load._float(tags.get(M.TAG_KNOB))
+        family = tags.get(M.TAG_FAMILY, "")
         records.append({
-            "run": r.info.run_id, "source_run": tags.get(TAG_SOURCE_RUN, ""),
-            "run_id": tags.get(S.TAG_RUN_ID, ""), "family": family, "knob": knob,
-            "group": S.group_label(family, knob), "size": tags.get(S.TAG_SIZE, ""),
-            "budget": load._float(tags.get(S.TAG_BUDGET)), "sampler": tags.get(TAG_SAMPLER, ""),
-            "judge_run_id": tags.get(TAG_JUDGE_RUN_ID, ""), "judge": tags.get(TAG_JUDGE, ""),
-            "val_nelbo": load._float(tags.get(TAG_VAL_NELBO)),
-            "ref_entropy": load._float(tags.get(TAG_REF_ENTROPY)),
+            "run": r.info.run_id, "source_run": tags.get(M.TAG_SOURCE_RUN, ""),
+            "run_id": tags.get(M.TAG_RUN_ID, ""), "family": family, "knob": knob,
+            "group": S.group_label(family, knob), "size": tags.get(M.TAG_SIZE, ""),
+            "budget": load._float(tags.get(M.TAG_BUDGET)), "sampler": tags.get(M.TAG_SAMPLER, ""),
+            "judge_run_id": tags.get(M.TAG_JUDGE_RUN_ID, ""), "judge": tags.get(M.TAG_JUDGE, ""),
+            "val_nelbo": load._float(tags.get(M.TAG_VAL_NELBO)),
+            "ref_entropy": load._float(tags.get(M.TAG_REF_ENTROPY)),
             **{k: load._float(params.get(k)) for k in INT_PARAMS + FLOAT_PARAMS},
-            "_finished": r.info.status == S.STATUS_FINISHED, "_start": r.info.start_time or 0,
+            "_finished": r.info.status == M.STATUS_FINISHED, "_start": r.info.start_time or 0,
         })
     meta = pd.DataFrame.from_records(records)
     # The same measurement logged twice (the stage re-run without resuming) would put every point
@@ -127,10 +110,10 @@ def load_sampling(experiment: str, tracking_uri: str | None = None, *, bulk: boo
         exp_id = load._experiment_id(client, experiment)
     except AnalysisError as e:
         raise AnalysisError(f"{e}; {_hint(experiment)}") from None
-    runs = load._search_all(client, exp_id, ROLE_SAMPLING)
+    runs = search_all(client, exp_id, M.role_filter(M.ROLE_SAMPLING))
     if not runs:
         raise AnalysisError(f"MLflow experiment {experiment!r} has no sampling runs "
-                            f"(tag {S.TAG_ROLE}={ROLE_SAMPLING}); {_hint(experiment)}")
+                            f"(tag {M.TAG_ROLE}={M.ROLE_SAMPLING}); {_hint(experiment)}")
     meta = _meta(runs)
     hist = load._histories(client, meta["run"].tolist(), bulk=bulk, keys=METRICS).rename(
         columns={"mlflow_run_id": "run"})
@@ -259,7 +242,7 @@ def format_markdown(table: pd.DataFrame, min_entropy_ratio: float = MIN_ENTROPY_
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from trainer.job.tracking import resolve_uri
+    from core.schema import resolve_uri
 
     p = argparse.ArgumentParser(prog="python -m analysis.speed_quality",
                                 description=__doc__.split("\n")[0])

@@ -5,7 +5,7 @@ Two presets of one sweep (``quick``, ``laptop``) write to the same experiment; p
 one law to two recipes. So by default the fit takes the study of the latest parent run, and pools
 only when asked (``--all-studies``, optionally narrowed by ``--preset`` / ``--sweep-id``).
 
-A study's members are the config hashes its parent recorded (``schema.MEMBERS_ARTIFACT``), plus
+A study's members are the config hashes its parent recorded (``core.schema.MEMBERS_ARTIFACT``), plus
 the children pointing at it by mlflow.parentRunId. The member list matters because a run shared
 by two studies (same config hash) is created under the first study's parent and skipped as
 finished by the second, yet belongs to both. Parents from before the list was recorded fall back
@@ -18,8 +18,9 @@ import dataclasses
 import json
 import tempfile
 
-from analysis import schema as S
 from analysis.schema import AnalysisError
+from core import schema as M
+from core.search import search_all
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -67,18 +68,10 @@ class Selection:
 
 
 def _parents(client, experiment_id: str) -> list:
-    out, token = [], None
-    while True:
-        page = client.search_runs([experiment_id],
-                                  filter_string=f"tags.`{S.TAG_ROLE}` = '{S.ROLE_PARENT}'",
-                                  max_results=1000, page_token=token)
-        out.extend(page)
-        token = page.token
-        if not token:
-            break
+    out = search_all(client, experiment_id, M.role_filter(M.ROLE_PARENT))
 
     def recency(r):  # a re-run reuses its parent (old start_time) but stamps dlm.invoked_ms
-        stamp = r.data.tags.get(S.TAG_INVOKED, "")
+        stamp = r.data.tags.get(M.TAG_INVOKED, "")
         return max(r.info.start_time or 0, int(stamp) if stamp.isdigit() else 0)
 
     return sorted(out, key=recency, reverse=True)
@@ -87,19 +80,19 @@ def _parents(client, experiment_id: str) -> list:
 def _label(parents: list) -> str:
     def one(r):
         t = r.data.tags
-        return (f"sweep {t.get(S.TAG_SWEEP, '?')}, preset {t.get(S.TAG_PRESET, '?')}, sweep id "
-                f"{t.get(S.TAG_SWEEP_ID, '?')[:12]} (parent run {r.info.run_id})")
+        return (f"sweep {t.get(M.TAG_SWEEP, '?')}, preset {t.get(M.TAG_PRESET, '?')}, sweep id "
+                f"{t.get(M.TAG_SWEEP_ID, '?')[:12]} (parent run {r.info.run_id})")
     if len(parents) == 1:
         return one(parents[0])
     return f"{len(parents)} studies pooled: " + "; ".join(one(r) for r in parents)
 
 
 def _members(client, parent) -> set[str] | None:
-    if S.TAG_MEMBERS not in parent.data.tags:
+    if M.TAG_MEMBERS not in parent.data.tags:
         return None
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            path = client.download_artifacts(parent.info.run_id, parent.data.tags[S.TAG_MEMBERS],
+            path = client.download_artifacts(parent.info.run_id, parent.data.tags[M.TAG_MEMBERS],
                                              tmp)
             with open(path) as fh:
                 return set(json.load(fh)["run_ids"])
@@ -111,26 +104,26 @@ def select(client, experiment_id: str, experiment: str, trials: list, choice: St
            ) -> tuple[list, Selection]:
     """The trial runs (MLflow Run objects) of the chosen studies, and a :class:`Selection`."""
     def rid(r):
-        return r.data.tags.get(S.TAG_RUN_ID, r.info.run_id)
+        return r.data.tags.get(M.TAG_RUN_ID, r.info.run_id)
 
     everything = {rid(r) for r in trials}
     parents = _parents(client, experiment_id)
     filtered = choice.preset is not None or choice.sweep_id is not None
     if not filtered and (choice.all_studies or not parents):
         note = () if parents else (f"experiment {experiment!r} has no parent run (tag "
-                                   f"{S.TAG_ROLE}={S.ROLE_PARENT}): using all its trial runs",)
+                                   f"{M.TAG_ROLE}={M.ROLE_PARENT}): using all its trial runs",)
         return trials, Selection(parents=tuple(r.info.run_id for r in parents),
                                  label=f"all {len(parents)} studies of {experiment!r} pooled "
                                        "(--all-studies)" if parents else f"all of {experiment!r}",
                                  run_ids=frozenset(everything), n_members=None, left_out=0,
                                  other_studies=0, notes=note)
     match = [r for r in parents
-             if (choice.preset is None or r.data.tags.get(S.TAG_PRESET) == choice.preset)
+             if (choice.preset is None or r.data.tags.get(M.TAG_PRESET) == choice.preset)
              and (choice.sweep_id is None
-                  or r.data.tags.get(S.TAG_SWEEP_ID, "").startswith(choice.sweep_id))]
+                  or r.data.tags.get(M.TAG_SWEEP_ID, "").startswith(choice.sweep_id))]
     if not match:
-        known = sorted({f"preset {r.data.tags.get(S.TAG_PRESET, '?')} / sweep id "
-                        f"{r.data.tags.get(S.TAG_SWEEP_ID, '?')[:12]}" for r in parents})
+        known = sorted({f"preset {r.data.tags.get(M.TAG_PRESET, '?')} / sweep id "
+                        f"{r.data.tags.get(M.TAG_SWEEP_ID, '?')[:12]}" for r in parents})
         asked = ", ".join(f"{k} {v!r}" for k, v in (("preset", choice.preset),
                                                      ("sweep id", choice.sweep_id)) if v)
         raise AnalysisError(f"experiment {experiment!r} has no study with {asked}; it has: "
@@ -149,7 +142,7 @@ def select(client, experiment_id: str, experiment: str, trials: list, choice: St
             members |= recorded
             n_members = None if n_members is None else len(members)
     # Children always count too: runs an optimiser proposed are not known when the parent starts.
-    kept = [r for r in trials if rid(r) in members or r.data.tags.get(S.TAG_PARENT) in ids]
+    kept = [r for r in trials if rid(r) in members or r.data.tags.get(M.TAG_PARENT) in ids]
     kept_ids = frozenset(rid(r) for r in kept)
     return kept, Selection(parents=tuple(r.info.run_id for r in chosen), label=_label(chosen),
                            run_ids=kept_ids, n_members=n_members,

@@ -21,10 +21,10 @@ import time
 from pathlib import Path
 
 import sweeps
+from core.schema import resolve_uri
 from orchestrator.estimate import SweepClock, estimate, fmt_minutes, makespan, table
 from orchestrator.tracking import SweepTracking, sweep_id
 from trainer.config import RunConfig
-from trainer.job.tracking import resolve_uri
 from trainer.job.train import plan
 
 

@@ -152,8 +152,8 @@ def _node_id() -> str:
 def _tag_node(cfg: RunConfig, mlflow_run_id: str, node: str) -> None:
     from mlflow.tracking import MlflowClient
 
-    from trainer.job.tracking import resolve_uri
-    MlflowClient(resolve_uri(cfg.io.tracking_uri)).set_tag(mlflow_run_id, "dlm.ray_node", node)
+    from core.schema import TAG_RAY_NODE, resolve_uri
+    MlflowClient(resolve_uri(cfg.io.tracking_uri)).set_tag(mlflow_run_id, TAG_RAY_NODE, node)
 
 
 @dataclass

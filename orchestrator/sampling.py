@@ -4,14 +4,12 @@
         [--seed 0] [--judge RUN] [--tracking-uri URI] [--address ADDR] [--num-cpus N] [--threads 1]
     make sample SWEEP=smoke            # then: make speed-quality SWEEP=smoke
 
-For each FINISHED trial of the experiment (its weights are out_dir/<run_id>/model.pt, MLflow tag
-dlm.weights) one Ray task loads the model, samples n sequences at every step count (the
-autoregressive baseline once: it takes seq_len steps with its KV cache), times the sampler
-(median of --repeats timed calls after a warm-up), and scores the samples with the judge: the
-autoregressive run of the same study with the lowest final validation NELBO (or --judge), so
-gen-PPL is offline and reproducible (trainer/sampling/quality.py). The driver logs one MLflow run per trained
-run under a sampling parent run, in the layout analysis/speed_quality.py documents, and skips trained
-runs already sampled with the same settings and judge. Timings from tasks that share a machine are
+This module only drives: it picks the FINISHED trials of the experiment whose weights load (out_dir/
+<run_id>/model.pt, MLflow tag dlm.weights) and the judge (the autoregressive run of the same study
+with the lowest final validation NELBO, or --judge), skips trained runs already sampled with the same
+settings and judge, runs the sampling job (trainer/sampling/job.py: load, sample n sequences at every
+step count, time, score gen-PPL with the judge) in one Ray task per run, and logs one MLflow run per
+trained run under a sampling parent run, in the layout core/schema.py defines. Timings from tasks that share a machine are
 comparable with each other, not with an idle machine (bench/bench_sampling.py has the clean ratios).
 Exit codes: 0 ok, 1 some tasks failed, 2 bad input (named) before Ray starts.
 
@@ -26,83 +24,27 @@ import argparse
 import hashlib
 import json
 import os
-import statistics
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-from analysis import speed_quality as sq
-from trainer.job.tracking import resolve_uri
+from core import schema as M
+from core.schema import resolve_uri
+from core.search import search_all
+from trainer.sampling.job import Job, ref_entropy, sample_job
 
 DEFAULT_STEPS = (8, 16, 32, 64, 128)
-
-
-@dataclass(frozen=True)
-class Job:
-    """One trained run to sample (everything a Ray task needs, plain data)."""
-    source_run: str          # MLflow run id of the trained run
-    run_dir: str             # out_dir/<run_id>: config.json + model.pt
-    judge_dir: str
-    steps: tuple[int, ...]
-    n: int
-    seed: int
-    temperature: float
-    threads: int
-    repeats: int
-
-
-def sample_job(job: Job) -> dict:
-    """Runs in a Ray worker: sample at every step count, time it, score it. Returns plain data."""
-    import torch
-
-    from trainer.sampling.quality import gen_ppl, unigram_entropy
-    from trainer.sampling.sample import load_run
-    from trainer.sampling.samplers import SAMPLERS, generate
-
-    torch.set_num_threads(job.threads)
-    model, family, cfg, corpus = load_run(job.run_dir)
-    judge, _, judge_cfg, _ = load_run(job.judge_dir)
-    if judge_cfg.data != cfg.data:
-        raise ValueError(f"judge {judge_cfg.run_id()} was trained on other data/tokenizer than "
-                         f"{cfg.run_id()}: gen-PPL would not be comparable")
-    T = cfg.train.seq_len
-    steps_list = (T,) if family.causal else job.steps
-    kw = dict(n=job.n, seq_len=T, seed=job.seed, temperature=job.temperature, start_id=corpus.eot_id)
-    generate(model, family, **dict(kw, n=1), steps=2)                     # warm-up (allocators)
-    points = []
-    for steps in steps_list:
-        runs = [generate(model, family, **kw, steps=steps) for _ in range(job.repeats)]
-        seconds = statistics.median(r.seconds for r in runs)
-        tokens = runs[0].tokens                                            # same seed: identical
-        points.append({"steps": runs[0].steps, "tokens_per_s": tokens.numel() / seconds,
-                       "latency_s": seconds / job.n, "gen_ppl": gen_ppl(judge, tokens, corpus.eot_id),
-                       "entropy": unigram_entropy(tokens), "nfe": float(runs[0].nfe),
-                       "example": corpus.decode(tokens[0].tolist())})
-    return {"source_run": job.source_run, "points": points, "seq_len": T,
-            "sampler": SAMPLERS[family.name].name}
-
-
-# ------------------------------------------------------------------------------------------------
-# Driver
-# ------------------------------------------------------------------------------------------------
 
 
 def _trials(client: MlflowClient, experiment: str) -> tuple[str, list]:
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         raise ValueError(f"experiment {experiment!r} does not exist in this MLflow store")
-    runs, token = [], None
-    while True:
-        page = client.search_runs([exp.experiment_id], "tags.`dlm.role` = 'trial' and "
-                                  "attributes.status = 'FINISHED'", max_results=1000, page_token=token)
-        runs += list(page)
-        token = page.token
-        if not token:
-            return exp.experiment_id, runs
+    return exp.experiment_id, search_all(client, exp.experiment_id,
+                                         M.role_filter(M.ROLE_TRIAL, M.STATUS_FINISHED))
 
 
 def _weights_dir(run, root: Path) -> Path | None:
@@ -111,17 +53,17 @@ def _weights_dir(run, root: Path) -> Path | None:
     must resolve inside `root` (ValueError otherwise); the run's io.out_dir param only explains a
     miss (the sweep ran with another --out-dir)."""
     from trainer.sampling.sample import confine, has_weights
-    who = f"trial {run.info.run_id} ({run.data.tags.get('dlm.family')} {run.data.tags.get('dlm.size')})"
+    who = f"trial {run.info.run_id} ({run.data.tags.get(M.TAG_FAMILY)} {run.data.tags.get(M.TAG_SIZE)})"
     hint = ""
-    out = run.data.params.get("io.out_dir")
+    out = run.data.params.get(M.PARAM_OUT_DIR)
     if out and Path(out).resolve() != root:
-        hint = f"; it was trained with io.out_dir={out}: pass that as --out-dir if you trust it"
+        hint = f"; it was trained with {M.PARAM_OUT_DIR}={out}: pass that as --out-dir if you trust it"
     try:
-        w = run.data.tags.get("dlm.weights")
-        if w and confine(w, root, f"{who}: its dlm.weights tag").is_file():
+        w = run.data.tags.get(M.TAG_WEIGHTS)
+        if w and confine(w, root, f"{who}: its {M.TAG_WEIGHTS} tag").is_file():
             return confine(Path(w).parent, root, f"{who}: its run dir")
-        rid = run.data.tags.get("dlm.run_id")
-        if rid and has_weights(confine(root / rid, root, f"{who}: its dlm.run_id")):
+        rid = run.data.tags.get(M.TAG_RUN_ID)
+        if rid and has_weights(confine(root / rid, root, f"{who}: its {M.TAG_RUN_ID}")):
             return root / rid
     except ValueError as exc:
         raise ValueError(f"{exc}{hint}") from None
@@ -131,15 +73,15 @@ def _weights_dir(run, root: Path) -> Path | None:
 def pick_judge(runs: list, judge: str | None, dirs: dict[str, Path | None]):
     """The autoregressive trial with the lowest final val_nelbo (or the one named by `judge`:
     an MLflow run id or a dlm.run_id prefix) among runs whose weights load (`dirs`)."""
-    ar = [r for r in runs if r.data.tags.get("dlm.family") == "autoregressive" and dirs[r.info.run_id]]
+    ar = [r for r in runs if r.data.tags.get(M.TAG_FAMILY) == "autoregressive" and dirs[r.info.run_id]]
     if judge:
-        ar = [r for r in ar if r.info.run_id == judge or r.data.tags.get("dlm.run_id", "").startswith(judge)]
+        ar = [r for r in ar if r.info.run_id == judge or r.data.tags.get(M.TAG_RUN_ID, "").startswith(judge)]
         if len(ar) != 1:
             raise ValueError(f"--judge {judge!r} matches {len(ar)} finished autoregressive runs with weights")
     if not ar:
         raise ValueError("no finished autoregressive run with exported weights (model.pt) to judge "
                          "gen-PPL with: add the autoregressive family to the sweep")
-    return min(ar, key=lambda r: r.data.metrics.get("val_nelbo", float("inf")))
+    return min(ar, key=lambda r: r.data.metrics.get(M.METRIC_LOSS, float("inf")))
 
 
 def settings_key(job: Job, judge_run: str) -> str:
@@ -150,35 +92,25 @@ def settings_key(job: Job, judge_run: str) -> str:
 
 
 def _already(client: MlflowClient, exp_id: str) -> set[tuple[str, str]]:
-    done = client.search_runs([exp_id], f"tags.`dlm.role` = '{sq.ROLE_SAMPLING}' and "
-                              "attributes.status = 'FINISHED'", max_results=5000)
-    return {(r.data.tags.get(sq.TAG_SOURCE_RUN), r.data.tags.get("dlm.sampling_key")) for r in done}
-
-
-def ref_entropy(judge_dir: Path, n: int) -> float:
-    """Mean per-sequence unigram entropy of n real validation windows of the study's seq_len."""
-    from trainer.data.loader import validation_windows
-    from trainer.sampling.quality import unigram_entropy
-    from trainer.sampling.sample import load_run
-    _, _, cfg, corpus = load_run(judge_dir)
-    windows = validation_windows(corpus.val, n, cfg.train.seq_len)
-    return unigram_entropy(windows[:, :cfg.train.seq_len])
+    done = search_all(client, exp_id, M.role_filter(M.ROLE_SAMPLING, M.STATUS_FINISHED))
+    return {(r.data.tags.get(M.TAG_SOURCE_RUN), r.data.tags.get(M.TAG_SAMPLING_KEY)) for r in done}
 
 
 def log_result(client, exp_id, parent, src, judge, judge_text, key, res, job, ref_h) -> str:
     t = src.data.tags
-    run = client.create_run(exp_id, run_name=f"sample-{t.get('dlm.family')}-{t.get('dlm.size')}", tags={
-        "dlm.role": sq.ROLE_SAMPLING, "mlflow.parentRunId": parent, sq.TAG_SOURCE_RUN: src.info.run_id,
-        "dlm.run_id": t.get("dlm.run_id", ""), "dlm.family": t.get("dlm.family", ""),
-        "dlm.knob": t.get("dlm.knob", ""), "dlm.size": t.get("dlm.size", ""),
-        "dlm.budget_flops": t.get("dlm.budget_flops", ""), sq.TAG_SAMPLER: res["sampler"],
-        sq.TAG_JUDGE_RUN_ID: judge.info.run_id, sq.TAG_JUDGE: judge_text,
-        sq.TAG_VAL_NELBO: repr(src.data.metrics.get("val_nelbo", float("nan"))),
-        sq.TAG_REF_ENTROPY: repr(ref_h), "dlm.sampling_key": key})
+    copied = (M.TAG_RUN_ID, M.TAG_FAMILY, M.TAG_KNOB, M.TAG_SIZE, M.TAG_BUDGET)  # the trained run's
+    run = client.create_run(exp_id, run_name=f"sample-{t.get(M.TAG_FAMILY)}-{t.get(M.TAG_SIZE)}", tags={
+        M.TAG_ROLE: M.ROLE_SAMPLING, M.TAG_PARENT: parent, M.TAG_SOURCE_RUN: src.info.run_id,
+        **{k: t.get(k, "") for k in copied}, M.TAG_SAMPLER: res["sampler"],
+        M.TAG_JUDGE_RUN_ID: judge.info.run_id, M.TAG_JUDGE: judge_text,
+        M.TAG_VAL_NELBO: repr(src.data.metrics.get(M.METRIC_LOSS, float("nan"))),
+        M.TAG_REF_ENTROPY: repr(ref_h), M.TAG_SAMPLING_KEY: key})
     now = int(time.time() * 1000)
-    metrics = [Metric(k, float(p[k]), now, int(p["steps"])) for p in res["points"] for k in sq.METRICS]
-    params = [Param("seed", str(job.seed)), Param("n_samples", str(job.n)),
-              Param("seq_len", str(res["seq_len"])), Param("temperature", str(job.temperature))]
+    metrics = [Metric(k, float(p[k]), now, int(p["steps"]))
+               for p in res["points"] for k in M.SAMPLING_METRICS]
+    params = [Param(M.PARAM_SEED, str(job.seed)), Param(M.PARAM_N_SAMPLES, str(job.n)),
+              Param(M.PARAM_SEQ_LEN, str(res["seq_len"])),
+              Param(M.PARAM_TEMPERATURE, str(job.temperature))]
     client.log_batch(run.info.run_id, metrics=metrics, params=params)
     example = "\n\n".join(f"[steps {p['steps']}] {p['example']}" for p in res["points"])
     client.log_text(run.info.run_id, example, "samples.txt")
@@ -197,7 +129,7 @@ def parse(argv):
     ap.add_argument("--n", type=int, default=32, help="sequences per (run, steps)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--temperature", type=float, default=1.0)
-    ap.add_argument("--judge", default=None, help="judge run (MLflow id or dlm.run_id prefix); "
+    ap.add_argument("--judge", default=None, help=f"judge run (MLflow id or {M.TAG_RUN_ID} prefix); "
                     "default: the study's best autoregressive run")
     ap.add_argument("--repeats", type=int, default=3, help="timed calls per point (median)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (= Ray CPUs) per task")
@@ -231,8 +163,8 @@ def main(argv=None) -> int:
         return 2
     judge_dir = dirs[judge.info.run_id]
     jt = judge.data.tags
-    judge_text = (f"autoregressive {jt.get('dlm.size')} run {jt.get('dlm.run_id', '')[:8]} "
-                  f"(val NELBO {judge.data.metrics.get('val_nelbo', float('nan')):.3f} nats/token)")
+    judge_text = (f"autoregressive {jt.get(M.TAG_SIZE)} run {jt.get(M.TAG_RUN_ID, '')[:8]} "
+                  f"(val NELBO {judge.data.metrics.get(M.METRIC_LOSS, float('nan')):.3f} nats/token)")
     usable = [r for r in trials if dirs[r.info.run_id]]
     missing = len(trials) - len(usable)
     done = _already(client, exp_id)
@@ -249,8 +181,8 @@ def main(argv=None) -> int:
         return 0
     ref_h = ref_entropy(judge_dir, args.n)
     parent = client.create_run(exp_id, run_name=f"sampling-{args.experiment}",
-                               tags={"dlm.role": sq.ROLE_SAMPLING_PARENT, sq.TAG_JUDGE_RUN_ID: judge.info.run_id,
-                                     sq.TAG_JUDGE: judge_text}).info.run_id
+                               tags={M.TAG_ROLE: M.ROLE_SAMPLING_PARENT, M.TAG_JUDGE_RUN_ID: judge.info.run_id,
+                                     M.TAG_JUDGE: judge_text}).info.run_id
     from orchestrator import runner
     ray = runner.connect(args.address, args.num_cpus, args.verbose)
     failed = 0
@@ -263,7 +195,7 @@ def main(argv=None) -> int:
             ready, _ = ray.wait(list(pending), num_returns=1)
             rid = pending.pop(ready[0])
             src, job = by_id[rid], jobs[rid]
-            tag = f"{src.data.tags.get('dlm.family', ''):<14} {src.data.tags.get('dlm.size', ''):<9}"
+            tag = f"{src.data.tags.get(M.TAG_FAMILY, ''):<14} {src.data.tags.get(M.TAG_SIZE, ''):<9}"
             try:
                 res = ray.get(ready[0])
             except Exception as exc:                          # noqa: BLE001 - report, go on
@@ -272,8 +204,8 @@ def main(argv=None) -> int:
                 continue
             log_result(client, exp_id, parent, src, judge, judge_text,
                        settings_key(job, judge.info.run_id), res, job, ref_h)
-            pts = "  ".join(f"{p['steps']}:{p['tokens_per_s']:,.0f}t/s ppl {p['gen_ppl']:.1f} H {p['entropy']:.2f}"
-                            for p in res["points"])
+            pts = "  ".join(f"{p['steps']}:{p[M.METRIC_TOKENS_PER_S]:,.0f}t/s ppl {p[M.METRIC_GEN_PPL]:.1f} "
+                            f"H {p[M.METRIC_ENTROPY]:.2f}" for p in res["points"])
             print(f"[{i + 1}/{len(jobs)}] {tag} {pts}  ({time.perf_counter() - t0:.0f} s)", flush=True)
     finally:
         client.set_terminated(parent, "FAILED" if failed else "FINISHED")

@@ -12,6 +12,7 @@ from mlflow import MlflowClient  # noqa: E402
 from mlflow.entities import Metric, Param  # noqa: E402
 
 from analysis import fit_laws, schema, synthetic  # noqa: E402
+from core import schema as M  # noqa: E402
 from analysis.load import DropCounts, final_points, latest_parent_run_id, load_runs  # noqa: E402
 
 SWEEP = "smoke_test"
@@ -22,23 +23,23 @@ EVALS = (0.25, 0.5, 1.0)  # evaluation points as fractions of the run's budget
 
 def _trial(client, exp_id, parent_id, *, family, size, budget, n, evals, status="FINISHED",
            extra_tags=None):
-    tags = {schema.TAG_ROLE: schema.ROLE_TRIAL, "mlflow.parentRunId": parent_id,
-            schema.TAG_FAMILY: family, schema.TAG_KNOB: "", schema.TAG_SIZE: size,
-            schema.TAG_BUDGET: repr(float(budget)), schema.TAG_SWEEP: SWEEP,
-            schema.TAG_RUN_ID: f"{family}-{size}-{budget:.0e}", schema.TAG_STEP_UNIT: "GFLOP",
+    tags = {M.TAG_ROLE: M.ROLE_TRIAL, "mlflow.parentRunId": parent_id,
+            M.TAG_FAMILY: family, M.TAG_KNOB: "", M.TAG_SIZE: size,
+            M.TAG_BUDGET: repr(float(budget)), M.TAG_SWEEP: SWEEP,
+            M.TAG_RUN_ID: f"{family}-{size}-{budget:.0e}", M.TAG_STEP_UNIT: "GFLOP",
             **(extra_tags or {})}
     run = client.create_run(exp_id, tags=tags)
     tokens_final = budget / (6 * n)
-    params = {"model.n_layer": "2", "train.batch_size": "8", schema.PARAM_N_TOTAL: str(int(n)),
-              schema.PARAM_N_NONEMBED: str(int(n * 0.6)), schema.PARAM_FLOPS_PER_TOKEN: repr(6 * n),
+    params = {"model.n_layer": "2", "train.batch_size": "8", M.PARAM_N_TOTAL: str(int(n)),
+              M.PARAM_N_NONEMBED: str(int(n * 0.6)), M.PARAM_FLOPS_PER_TOKEN: repr(6 * n),
               "tokens_per_step": "1024"}
     metrics = []
     for i, (frac, loss) in enumerate(evals):
         flops = frac * budget
         step = int(flops / 1e9)
-        for key, value in ((schema.METRIC_LOSS, loss), (schema.METRIC_TRAIN_LOSS, loss - 0.05),
-                           (schema.METRIC_TOKENS, frac * tokens_final),
-                           (schema.METRIC_FLOPS, flops), ("wall_time_s", 10.0 * (i + 1)),
+        for key, value in ((M.METRIC_LOSS, loss), (M.METRIC_TRAIN_LOSS, loss - 0.05),
+                           (M.METRIC_TOKENS, frac * tokens_final),
+                           (M.METRIC_FLOPS, flops), ("wall_time_s", 10.0 * (i + 1)),
                            ("mfu", 0.1)):
             metrics.append(Metric(key, float(value), 1_700_000_000_000 + i, step))
     client.log_batch(run.info.run_id, metrics=metrics,
@@ -60,9 +61,9 @@ def store(tmp_path_factory):
     dead = client.create_experiment("dead_sweep", artifact_location=(root / "artifacts3").as_uri())
     _trial(client, dead, "", family="masked", size="s0", budget=1e16, n=1e6, evals=[],
            status="FAILED")
-    old = client.create_run(exp_id, tags={schema.TAG_ROLE: schema.ROLE_PARENT}, start_time=1_000)
+    old = client.create_run(exp_id, tags={M.TAG_ROLE: M.ROLE_PARENT}, start_time=1_000)
     client.set_terminated(old.info.run_id)
-    parent = client.create_run(exp_id, tags={schema.TAG_ROLE: schema.ROLE_PARENT},
+    parent = client.create_run(exp_id, tags={M.TAG_ROLE: M.ROLE_PARENT},
                                start_time=2_000)
     raw = pd.concat([synthetic.isoflop_table(budgets=BUDGETS, params=p, sizes=4, span=6.0,
                                              seed=i, family=f)
@@ -75,7 +76,7 @@ def store(tmp_path_factory):
     n = float(raw["N"].iloc[0])
     _trial(client, exp_id, parent.info.run_id, family="masked", size="big", budget=1e19, n=n,
            evals=[(0.25, 9.0), (0.5, float("nan"))], status="FAILED",
-           extra_tags={schema.TAG_FAILURE: "loss diverged"})
+           extra_tags={M.TAG_FAILURE: "loss diverged"})
     _trial(client, exp_id, parent.info.run_id, family="uniform", size="big", budget=1e19, n=n,
            evals=[(0.25, 5.0)], status="RUNNING")
     _trial(client, exp_id, parent.info.run_id, family="uniform", size="oom", budget=1e19, n=n,

@@ -12,9 +12,10 @@ pytest.importorskip("mlflow")
 from mlflow import MlflowClient  # noqa: E402
 from mlflow.entities import Metric, Param  # noqa: E402
 
-from analysis import fit_laws, schema  # noqa: E402
+from analysis import fit_laws  # noqa: E402
 from analysis.load import StudyChoice, load_study  # noqa: E402
 from analysis.schema import AnalysisError  # noqa: E402
+from core import schema as M  # noqa: E402
 from orchestrator.tracking import SweepTracking  # noqa: E402
 
 EXP = "compute_bound"
@@ -25,17 +26,17 @@ SHARED = "shared0"
 
 def _trial(client, exp_id, parent, rid, i):
     n, budget = 1e6 * (i + 1), 1e15 * (i + 1)
-    tags = {schema.TAG_ROLE: schema.ROLE_TRIAL, schema.TAG_PARENT: parent,
-            schema.TAG_FAMILY: "masked", schema.TAG_KNOB: "", schema.TAG_SIZE: f"s{i}",
-            schema.TAG_BUDGET: repr(budget), schema.TAG_SWEEP: EXP, schema.TAG_RUN_ID: rid,
-            schema.TAG_STEP_UNIT: "GFLOP"}
+    tags = {M.TAG_ROLE: M.ROLE_TRIAL, M.TAG_PARENT: parent,
+            M.TAG_FAMILY: "masked", M.TAG_KNOB: "", M.TAG_SIZE: f"s{i}",
+            M.TAG_BUDGET: repr(budget), M.TAG_SWEEP: EXP, M.TAG_RUN_ID: rid,
+            M.TAG_STEP_UNIT: "GFLOP"}
     run = client.create_run(exp_id, tags=tags)
     step = int(budget / 1e9)
-    client.log_batch(run.info.run_id, params=[Param(schema.PARAM_N_TOTAL, str(int(n))),
-                                              Param(schema.PARAM_FLOPS_PER_TOKEN, repr(6 * n))],
-                     metrics=[Metric(schema.METRIC_LOSS, 5.0 - 0.1 * i, 0, step),
-                              Metric(schema.METRIC_FLOPS, budget, 0, step),
-                              Metric(schema.METRIC_TOKENS, budget / (6 * n), 0, step)])
+    client.log_batch(run.info.run_id, params=[Param(M.PARAM_N_TOTAL, str(int(n))),
+                                              Param(M.PARAM_FLOPS_PER_TOKEN, repr(6 * n))],
+                     metrics=[Metric(M.METRIC_LOSS, 5.0 - 0.1 * i, 0, step),
+                              Metric(M.METRIC_FLOPS, budget, 0, step),
+                              Metric(M.METRIC_TOKENS, budget / (6 * n), 0, step)])
     client.set_terminated(run.info.run_id)
 
 
@@ -57,7 +58,7 @@ def store(tmp_path_factory):
         _trial(client, exp_id, quick, rid, i)
     legacy = MlflowClient(uri).create_experiment("legacy",
                                                  artifact_location=(root / "a2").as_uri())
-    old = client.create_run(legacy, tags={schema.TAG_ROLE: schema.ROLE_PARENT})
+    old = client.create_run(legacy, tags={M.TAG_ROLE: M.ROLE_PARENT})
     for i in range(3):
         _trial(client, legacy, old.info.run_id, f"old{i}", i)
     return {"uri": uri, "laptop": lap, "quick": quick, "client": client}

@@ -12,6 +12,7 @@ import pytest
 
 from analysis import schema
 from analysis import speed_quality as sq
+from core import schema as M
 from analysis.speed_quality import (degenerate_mask, load_sampling, pareto_mask,
                                     speed_quality_table)
 
@@ -140,18 +141,18 @@ def store(tmp_path_factory):
     exp = client.create_experiment(EXP, artifact_location=(root / "a").as_uri())
     client.create_experiment("trained_only", artifact_location=(root / "b").as_uri())
     for e in (exp, client.get_experiment_by_name("trained_only").experiment_id):
-        trial = client.create_run(e, tags={schema.TAG_ROLE: schema.ROLE_TRIAL})
+        trial = client.create_run(e, tags={M.TAG_ROLE: M.ROLE_TRIAL})
         client.log_metric(trial.info.run_id, "val_nelbo", 3.0, step=1)  # not a sampling point
-    parent = client.create_run(exp, tags={schema.TAG_ROLE: sq.ROLE_SAMPLING_PARENT})
+    parent = client.create_run(exp, tags={M.TAG_ROLE: M.ROLE_SAMPLING_PARENT})
 
     def sampling_run(key, start, scale=1.0):
         family, knob, size, budget, sampler, pts = RUNS[key]
-        tags = {schema.TAG_ROLE: sq.ROLE_SAMPLING, "mlflow.parentRunId": parent.info.run_id,
-                sq.TAG_SOURCE_RUN: f"mlflow-{key}", schema.TAG_RUN_ID: f"hash-{key}",
-                schema.TAG_FAMILY: family, schema.TAG_KNOB: knob, schema.TAG_SIZE: size,
-                schema.TAG_BUDGET: repr(budget), sq.TAG_SAMPLER: sampler,
-                sq.TAG_JUDGE_RUN_ID: "judge0", sq.TAG_JUDGE: JUDGE,
-                sq.TAG_VAL_NELBO: repr(3.5 + len(key) / 10), sq.TAG_REF_ENTROPY: repr(REF_ENTROPY)}
+        tags = {M.TAG_ROLE: M.ROLE_SAMPLING, "mlflow.parentRunId": parent.info.run_id,
+                M.TAG_SOURCE_RUN: f"mlflow-{key}", M.TAG_RUN_ID: f"hash-{key}",
+                M.TAG_FAMILY: family, M.TAG_KNOB: knob, M.TAG_SIZE: size,
+                M.TAG_BUDGET: repr(budget), M.TAG_SAMPLER: sampler,
+                M.TAG_JUDGE_RUN_ID: "judge0", M.TAG_JUDGE: JUDGE,
+                M.TAG_VAL_NELBO: repr(3.5 + len(key) / 10), M.TAG_REF_ENTROPY: repr(REF_ENTROPY)}
         run = client.create_run(exp, tags=tags, start_time=start).info.run_id
         t0 = 1_700_000_000_000
         metrics = []

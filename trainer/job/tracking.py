@@ -1,54 +1,30 @@
 """MLflow for one training job: find-or-create the run by config hash, batched logging, end status.
 
-The contract analysis/ reads (analysis/schema.py restates it):
-- tags: dlm.role=trial, dlm.family, dlm.knob, dlm.size, dlm.budget_flops, dlm.sweep, dlm.run_id,
-  dlm.step_unit=GFLOP, dlm.failure (FAILED/KILLED runs: why), dlm.resume (how this job started:
-  fresh, or the step and checkpoint it resumed from, and any checkpoint that did not load),
-  dlm.superseded_by (a run abandoned for a fresh restart: the MLflow id that replaced it),
-  mlflow.parentRunId (under a sweep);
-- experiment tag mlflow.experimentKind=custom_model_development (the MLflow 3 UI's "Machine
-  learning" kind, rather than GenAI);
-- params: the resolved config flattened with dots, n_params_nonembed, n_params_total,
-  flops_per_token, tokens_per_step, steps;
-- metrics at step = cumulative training compute in GFLOP (an integer; 1e24 FLOPs is 1e15 GFLOP,
-  exact in int64 and below the 2^53 the web UI can show): val_nelbo, train_loss, tokens, flops,
-  wall_time_s, tokens_per_s, mfu, epoch, lr.
+Which tags, params and metrics a trial run carries, and their names, is core/schema.py's (the one
+definition writers and analysis/ share); this module only writes them. Beside them it marks each
+experiment mlflow.experimentKind=custom_model_development (the MLflow 3 UI's "Machine learning"
+kind, rather than GenAI).
 Only rank 0 constructs a `Tracker`. Each evaluation's metrics go in one `log_batch` (one
 `log_metric` costs ~8 ms on sqlite; a 1,000-point batch ~0.17 s), flushed at that evaluation so a
 running run's curves are live.
 """
 from __future__ import annotations
 
-import os
 import sys
 import time
-from pathlib import Path
 
 from mlflow.entities import LifecycleStage, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-STEP_UNIT = "GFLOP"
-STEP_FLOPS = 1e9
+from core import schema as M
+
 # MLflow 3's documented marker of an experiment's kind: this value is what the UI's own
 # experiment-kind selector writes for "Machine learning" (mlflow/server/js, ExperimentKind enum).
 # The 3.17 UI does not yet follow it (its view follows a browser-stored switch); trainer/tools/ui.py
 # prints links with the query that does. Set anyway, so a UI that reads it opens the right view.
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def default_tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{REPO_ROOT / 'mlflow.db'}"
-
-
-def resolve_uri(uri: str | None) -> str:
-    return uri or default_tracking_uri()
-
-
-def flop_step(flops: float) -> int:
-    return int(round(flops / STEP_FLOPS))
 
 
 def ensure_experiment(client: MlflowClient, name: str) -> str:
@@ -69,14 +45,14 @@ def ensure_experiment(client: MlflowClient, name: str) -> str:
 
 def find_run(client: MlflowClient, experiment_id: str, run_id: str):
     """The newest MLflow run tagged with this config hash, or None."""
-    runs = client.search_runs([experiment_id], filter_string=f"tags.`dlm.run_id` = '{run_id}'",
+    runs = client.search_runs([experiment_id], filter_string=M.tag_filter(M.TAG_RUN_ID, run_id),
                               order_by=["attributes.start_time DESC"], max_results=1)
     return runs[0] if runs else None
 
 
 class Tracker:
     def __init__(self, uri: str | None, experiment: str):
-        self.uri = resolve_uri(uri)
+        self.uri = M.resolve_uri(uri)
         self.client = MlflowClient(self.uri)
         self.experiment_id = ensure_experiment(self.client, experiment)
         self.run_id: str | None = None
@@ -110,19 +86,19 @@ class Tracker:
         t0 = time.perf_counter()
         why = self.unusable(resume_mlflow_id) if resume_mlflow_id else None
         if why:
-            found = self.existing(tags["dlm.run_id"])
+            found = self.existing(tags[M.TAG_RUN_ID])
             alt = found.info.run_id if found is not None and not self.unusable(found.info.run_id) else None
             note = (f"MLflow run {resume_mlflow_id} saved in the checkpoint is {why}; continuing in "
-                    + (f"run {alt} (found by dlm.run_id)" if alt else "a new MLflow run"))
+                    + (f"run {alt} (found by {M.TAG_RUN_ID})" if alt else "a new MLflow run"))
             print(f"warning: {note}", file=sys.stderr, flush=True)
             self.notes.append(note)
             resume_mlflow_id = alt
         if resume_mlflow_id:
             self.run_id = resume_mlflow_id
             self.client.update_run(self.run_id, status="RUNNING")
-            if "dlm.failure" in self.client.get_run(self.run_id).data.tags:
-                self.client.delete_tag(self.run_id, "dlm.failure")
-            history = self.client.get_metric_history(self.run_id, "val_nelbo")
+            if M.TAG_FAILURE in self.client.get_run(self.run_id).data.tags:
+                self.client.delete_tag(self.run_id, M.TAG_FAILURE)
+            history = self.client.get_metric_history(self.run_id, M.METRIC_LOSS)
             self._last_step = max((m.step for m in history), default=-1)
         else:
             run = self.client.create_run(self.experiment_id, tags=tags, run_name=run_name)
@@ -157,8 +133,8 @@ class Tracker:
         """Mark `old_id` (a run whose history this job abandons) FAILED, pointing at this run."""
         if self.unusable(old_id):
             return
-        self.set_tags({"dlm.failure": f"superseded by MLflow run {self.run_id}: {reason}",
-                       "dlm.superseded_by": self.run_id}, old_id)
+        self.set_tags({M.TAG_FAILURE: f"superseded by MLflow run {self.run_id}: {reason}",
+                       M.TAG_SUPERSEDED_BY: self.run_id}, old_id)
         self.client.set_terminated(old_id, status="FAILED")
 
     def abort(self, exc: BaseException) -> str:
@@ -179,7 +155,7 @@ class Tracker:
         t0 = time.perf_counter()
         tags = dict(extra_tags or {})
         if reason:
-            tags["dlm.failure"] = reason
+            tags[M.TAG_FAILURE] = reason
         if tags:
             self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
         self.client.set_terminated(self.run_id, status=status)

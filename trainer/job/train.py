@@ -36,7 +36,9 @@ from trainer.model.transformer import Transformer, model_config
 from trainer.families.noise import build_family
 from trainer.job.objective import evaluate
 from trainer.tools.peak import matmul_peak_flops
-from trainer.job.tracking import STEP_UNIT, Tracker, flop_step
+from trainer.job.tracking import Tracker
+from core import schema as M
+from core.schema import STEP_UNIT, flop_step
 
 EXIT_BUSY = 75   # EX_TEMPFAIL: another job is writing this run; nothing was done, try again later
 WEIGHTS = "model.pt"  # final fp32 state_dict of a FINISHED run: out_dir/<run_id>/model.pt
@@ -92,20 +94,20 @@ def plan(cfg: RunConfig, vocab_size: int) -> Plan:
 
 def _tags(p: Plan) -> dict[str, str]:
     c = p.cfg
-    tags = {"dlm.role": "trial", "dlm.family": c.noise.family, "dlm.size": c.size,
-            "dlm.knob": str(c.noise.uniform_share) if c.noise.family == "interpolating" else "",
-            "dlm.budget_flops": repr(c.train.budget_flops), "dlm.sweep": c.sweep,
-            "dlm.run_id": p.run_id, "dlm.step_unit": STEP_UNIT}
+    tags = {M.TAG_ROLE: M.ROLE_TRIAL, M.TAG_FAMILY: c.noise.family, M.TAG_SIZE: c.size,
+            M.TAG_KNOB: str(c.noise.uniform_share) if c.noise.family == "interpolating" else "",
+            M.TAG_BUDGET: repr(c.train.budget_flops), M.TAG_SWEEP: c.sweep,
+            M.TAG_RUN_ID: p.run_id, M.TAG_STEP_UNIT: STEP_UNIT}
     if c.io.parent_run_id:
-        tags["mlflow.parentRunId"] = c.io.parent_run_id
+        tags[M.TAG_PARENT] = c.io.parent_run_id
     return tags
 
 
 def _params(p: Plan) -> dict[str, str]:
     tc = p.cfg.train
-    return {**p.cfg.flat(), "n_params_nonembed": str(p.n_nonembed), "n_params_total": str(p.n_total),
-            "flops_per_token": repr(p.flops_per_step / (tc.batch_size * tc.seq_len)),
-            "tokens_per_step": str(tc.batch_size * tc.seq_len), "steps": str(p.steps)}
+    return {**p.cfg.flat(), M.PARAM_N_NONEMBED: str(p.n_nonembed), M.PARAM_N_TOTAL: str(p.n_total),
+            M.PARAM_FLOPS_PER_TOKEN: repr(p.flops_per_step / (tc.batch_size * tc.seq_len)),
+            M.PARAM_TOKENS_PER_STEP: str(tc.batch_size * tc.seq_len), M.PARAM_STEPS: str(p.steps)}
 
 
 def _bcast(obj, rank: int, world: int):
@@ -224,7 +226,7 @@ def _train(cfg: RunConfig, p: Plan, corpus, place, rank: int, world: int, progre
     existing = tracker.existing(p.run_id) if tracker else None
     done = _bcast(existing is not None and existing.info.status == "FINISHED", rank, world)
     if done:
-        final = existing.data.metrics.get("val_nelbo") if existing else None
+        final = existing.data.metrics.get(M.METRIC_LOSS) if existing else None
         return RunResult(p.run_id, "SKIPPED", existing.info.run_id if existing else None, p.steps, final)
 
     def build():
@@ -248,7 +250,7 @@ def _train(cfg: RunConfig, p: Plan, corpus, place, rank: int, world: int, progre
         mlflow_id = None
     with _marked_on_error(tracker, p.run_id[:8]):
         if tracker:
-            tracker.start({**_tags(p), "dlm.world_size": str(world)}, _params(p), mlflow_id,
+            tracker.start({**_tags(p), M.TAG_WORLD_SIZE: str(world)}, _params(p), mlflow_id,
                           run_name=f"{cfg.noise.family}-{cfg.size}-{p.run_id[:6]}")
             mlflow_id = tracker.run_id
         mlflow_id = _bcast(mlflow_id, rank, world)
@@ -258,7 +260,7 @@ def _train(cfg: RunConfig, p: Plan, corpus, place, rank: int, world: int, progre
                 tracker.supersede(superseded, f"its checkpoints did not load ({'; '.join(resume.broken)}); "
                                               f"the job restarted from step 0 on a fresh engine")
                 notes.append(f"previous MLflow run {superseded} superseded")
-            tracker.set_tags({"dlm.resume": "; ".join(notes)})
+            tracker.set_tags({M.TAG_RESUME: "; ".join(notes)})
         if rank == 0:
             root.mkdir(parents=True, exist_ok=True)
             (root.parent / "config.json").write_text(cfg.to_json())
@@ -290,13 +292,14 @@ def _loop(cfg: RunConfig, p: Plan, engine, family, corpus, place, rank: int, wor
         flops = step * p.flops_per_step
         tok_s = (step - last_eval_step) * tc.batch_size * tc.seq_len / max(now - last_eval_t, 1e-9)
         if tracker:
-            metrics = {"val_nelbo": nelbo, "tokens": step * tc.batch_size * tc.seq_len, "flops": flops,
-                       "wall_time_s": wall0 + now - t0, "tokens_per_s": tok_s,
-                       "mfu": mfu(tok_s * p.flops_per_step / (tc.batch_size * tc.seq_len), peak * world),
-                       "epoch": step * tc.batch_size * tc.seq_len / pool,
-                       "lr": engine.get_lr()[0]}
+            metrics = {M.METRIC_LOSS: nelbo, M.METRIC_TOKENS: step * tc.batch_size * tc.seq_len,
+                       M.METRIC_FLOPS: flops, M.METRIC_WALL_TIME: wall0 + now - t0,
+                       M.METRIC_TOKENS_PER_S: tok_s,
+                       M.METRIC_MFU: mfu(tok_s * p.flops_per_step / (tc.batch_size * tc.seq_len), peak * world),
+                       M.METRIC_EPOCH: step * tc.batch_size * tc.seq_len / pool,
+                       M.METRIC_LR: engine.get_lr()[0]}
             if loss_n:
-                metrics["train_loss"] = loss_sum / loss_n
+                metrics[M.METRIC_TRAIN_LOSS] = loss_sum / loss_n
             tracker.log(flop_step(flops), metrics)
             tracker.flush()                               # live curves: one log_batch per evaluation
             if progress:
@@ -361,8 +364,8 @@ def _loop(cfg: RunConfig, p: Plan, engine, family, corpus, place, rank: int, wor
     save(p.steps)
     weights = export_weights(engine, root.parent / WEIGHTS, rank, cfg.engine.zero_stage == 3)
     if tracker:
-        tracker.finish("FINISHED", extra_tags={"dlm.final_val_nelbo": repr(nelbo),
-                                               "dlm.weights": str(weights)})
+        tracker.finish("FINISHED", extra_tags={M.TAG_FINAL_VAL_NELBO: repr(nelbo),
+                                               M.TAG_WEIGHTS: str(weights)})
     loop_seconds = time.perf_counter() - loop_t0
     return RunResult(p.run_id, "FINISHED", mlflow_id, p.steps, nelbo, start, None,
                      time.perf_counter() - started, loop_seconds, tracker.log_seconds if tracker else 0.0)

@@ -2,7 +2,7 @@
 
     python -m trainer.tools.ui [--port 5000] [--uri URI] [--dry-run]
 
-The store is --uri, else $MLFLOW_TRACKING_URI, else sqlite:///<repo>/mlflow.db (trainer.job.tracking).
+The store is --uri, else $MLFLOW_TRACKING_URI, else sqlite:///<repo>/mlflow.db (core.schema).
 Lean settings from STACK.md: `mlflow server --workers 1` with MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false
 is 2 processes (~410 MiB, ready in ~10 s) where `mlflow ui` is ~15 (~2 GiB). Bound to 127.0.0.1 only.
 Artifacts uploaded through the server go to an `mlartifacts/` folder beside the sqlite file.
@@ -27,7 +27,7 @@ import os
 import sys
 from pathlib import Path
 
-from trainer.job.tracking import resolve_uri
+from core.schema import resolve_uri
 
 TRAINING_VIEW = "workflowType=machine_learning"    # the UI's own query for the Model training view
 
