@@ -145,9 +145,10 @@ def sahoo2026_forward_flops_per_token(cfg: ModelConfig) -> float:
       - the embedding (an index into a Parameter): 0.
     This reproduces all 28 files in configs/flops to their printed precision (< 3e-5; 113M:
     449.41e9 per 2048-token sequence, 2 × 224.287 GMACs + 0.837e9 elementwise), counting their
-    adaLN with cond_dim 128. The elementwise rules are their DiT's (LayerNorm, GELU, softmax)
-    applied to this shape; the linear part alone is 0.05-0.27% below the files. Time
-    conditioning: this model's own layers (full width) once per sequence, as calflops sees them.
+    adaLN with cond_dim 128 and the rotary table's einsum. The elementwise rules are their DiT's
+    (LayerNorm, GELU, softmax) applied to this shape; the linear part alone is 0.05-0.27% below
+    the files. Time conditioning: this model's own layers (full width) once per sequence, as
+    calflops sees them.
     """
     d, L, T, h = cfg.d_model, cfg.n_layer, cfg.seq_len, cfg.mlp_hidden()
     linear = 2 * (L * (4 * d * d + MLP_MATRICES[cfg.mlp] * d * h) + d * cfg.out_vocab_size)
@@ -244,7 +245,8 @@ def flops_by_convention(cfg: ModelConfig, tokens: float) -> dict[str, float]:
     FLOPs): what a run logs so that analysis can refit under any convention without retraining."""
     if tokens < 0:
         raise ValueError(f"tokens must be >= 0, got {tokens!r}")
-    return {name: per_token * tokens for name, per_token in flops_per_token_by_convention(cfg).items()}
+    per_token = flops_per_token_by_convention(cfg)
+    return {name: flops_per_token * tokens for name, flops_per_token in per_token.items()}
 
 
 def _step_flops(cfg: ModelConfig, tokens_per_step: int, convention: str) -> float:

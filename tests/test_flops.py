@@ -318,7 +318,8 @@ def test_backbone_params_exclude_time_cond_on_built_model(size: str) -> None:
         assert flops.backbone_params(cfg) == model.num_params() - _time_cond_numel(model)
         plain = dataclasses.replace(cfg, time_cond=False)
         for name in ("6n", "vonruette2025-6n", "vonruette2025"):
-            assert flops.train_flops_per_token(cfg, name) == flops.train_flops_per_token(plain, name)
+            assert flops.train_flops_per_token(cfg, name) == flops.train_flops_per_token(
+                plain, name)
 
 
 def test_cli_json_113m() -> None:
