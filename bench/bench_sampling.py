@@ -19,7 +19,8 @@ import statistics
 
 import torch
 
-from trainer.model.transformer import Transformer, model_config
+from core.ladder import model_config
+from trainer.model.transformer import Transformer
 from trainer.families.noise import NoiseConfig, build_family
 from trainer.sampling.samplers import generate
 

@@ -38,7 +38,8 @@ from trainer.config import EngineConfig, RunConfig, TrainConfig
 from trainer.data.loader import DataConfig, load_corpus, sample_batch
 from trainer.job.engine import build_engine, ds_config, init_distributed, lr_lambda, placement
 from core.flops import mfu, train_flops_per_token
-from trainer.model.transformer import LADDER, Transformer, model_config
+from core.ladder import LADDER, model_config
+from trainer.model.transformer import Transformer
 from trainer.families.noise import NoiseConfig, build_family
 from trainer.job.objective import batch_loss
 from trainer.tools.peak import measure

@@ -10,7 +10,7 @@ import dataclasses
 from trainer.config import IOConfig, RunConfig, TrainConfig
 from trainer.data.loader import DataConfig
 from core.flops import compute_optimal_flops_per_token, train_flops_per_token
-from trainer.model.transformer import LADDER, model_config
+from core.ladder import LADDER, model_config
 from trainer.families.noise import NoiseConfig
 from sweeps.recipe import Grid, Shape
 

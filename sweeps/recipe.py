@@ -56,7 +56,7 @@ import math
 from dataclasses import dataclass
 
 from trainer.config import EngineConfig
-from trainer.model.transformer import LADDER
+from core.ladder import LADDER
 from trainer.families.noise import FAMILIES
 
 ALL_FAMILIES = ("autoregressive", "masked", "uniform", "interpolating")

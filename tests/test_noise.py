@@ -251,7 +251,8 @@ def test_fused_log_qhat_matches_autograd_and_survives_a_zero_prior():
 def test_scored_positions_give_the_same_loss_nelbo_and_gradients(family, kind):
     # The model computes logits only at `scored_positions` (masked: the masked ones); the loss, its
     # gradients and the validation NELBO must equal the all-positions computation.
-    from trainer.model.transformer import Transformer, model_config
+    from core.ladder import model_config
+    from trainer.model.transformer import Transformer
     from trainer.job import objective
     fam = build_family(NoiseConfig(family=family, train_loss=kind), 40)
     torch.manual_seed(0)

@@ -18,7 +18,8 @@ from torch import nn
 
 from tests.conftest import REPO, clean_env, tiny_run
 from trainer.model.kvcache import KVCache
-from trainer.model.transformer import ModelConfig, Transformer
+from core.ladder import ModelConfig
+from trainer.model.transformer import Transformer
 from trainer.families.noise import FAMILIES, NoiseConfig, build_family
 from trainer.job.objective import batch_loss, evaluate
 from trainer.sampling.samplers import SAMPLERS, PosteriorAncestral, generate

@@ -16,7 +16,7 @@ from typing import Any
 
 from trainer.data.loader import DataConfig
 from core.flops import CONVENTIONS
-from trainer.model.transformer import LADDER, MLP_HIDDEN
+from core.ladder import LADDER, MLP_HIDDEN
 from trainer.families.noise import FAMILIES, NoiseConfig
 
 SCHEDULES = ("cosine", "wsd")
@@ -154,7 +154,7 @@ class IOConfig:
 @dataclass(frozen=True, kw_only=True)
 class RunConfig:
     size: str = "L2-d64"
-    """Ladder size name (trainer.model.transformer.LADDER)."""
+    """Ladder size name (core.ladder.LADDER)."""
     mlp: str = "gelu"
     """MLP kind ('gelu' or 'swiglu')."""
     time_cond: bool | None = None

@@ -32,7 +32,8 @@ from trainer.config import RunConfig
 from trainer.data.loader import load_corpus, sample_batch, validation_windows
 from trainer.job.engine import build_engine, init_distributed, placement
 from core.flops import flops_for_steps, mfu, param_counts, steps_for_budget
-from trainer.model.transformer import Transformer, model_config
+from core.ladder import model_config
+from trainer.model.transformer import Transformer
 from trainer.families.noise import build_family
 from trainer.job.objective import evaluate
 from trainer.tools.peak import matmul_peak_flops
