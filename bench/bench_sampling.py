@@ -21,7 +21,7 @@ import torch
 
 from core.ladder import model_config
 from trainer.model.transformer import Transformer
-from trainer.families.noise import NoiseConfig, build_family
+from trainer.families.registry import NoiseConfig, build_family
 from trainer.sampling.samplers import generate
 
 FAMILIES = ("masked", "uniform", "interpolating")

@@ -40,7 +40,7 @@ from trainer.job.engine import build_engine, ds_config, init_distributed, lr_lam
 from core.flops import mfu, train_flops_per_token
 from core.ladder import LADDER, model_config
 from trainer.model.transformer import Transformer
-from trainer.families.noise import NoiseConfig, build_family
+from trainer.families.registry import NoiseConfig, build_family
 from trainer.job.objective import batch_loss
 from trainer.tools.peak import measure
 from trainer.job.tracking import Tracker

@@ -32,7 +32,7 @@ def _shape_key(cfg: RunConfig, p: Plan) -> tuple:
 def probe_tokens_per_s(cfg: RunConfig, p: Plan, steps: int = 6) -> float:
     """Median training tokens/s of a few plain-PyTorch steps of this model (random tokens)."""
     from trainer.model.transformer import Transformer
-    from trainer.families.noise import build_family
+    from trainer.families.registry import build_family
     from trainer.job.objective import batch_loss
 
     torch.set_num_threads(cfg.engine.threads)
@@ -88,7 +88,7 @@ def table(rows: list[Row], slots: int) -> str:
     lines = [head, "-" * len(head)]
     for i, r in enumerate(rows, 1):
         c = r.cfg
-        knob = f"{c.noise.uniform_share:.2f}" if c.noise.family == "interpolating" else ""
+        knob = "" if c.noise.knob() is None else f"{c.noise.knob():.2f}"
         tokens = r.plan.steps * c.train.batch_size * c.train.seq_len
         lines.append(f"{i:>3} {c.noise.family:<14} {knob:>5} {c.size:<9} {r.plan.n_nonembed:>10,} "
                      f"{tokens:>10.3g} {r.plan.steps * r.plan.flops_per_step:>9.2e} {r.plan.steps:>6} "

@@ -61,7 +61,7 @@ def sample_job(job: Job) -> dict:
 
     from trainer.sampling.quality import gen_ppl, unigram_entropy
     from trainer.sampling.sample import load_run
-    from trainer.sampling.samplers import SAMPLERS, generate
+    from trainer.sampling.samplers import generate
 
     torch.set_num_threads(job.threads)
     model, family, cfg, corpus = load_run(job.run_dir)
@@ -83,7 +83,7 @@ def sample_job(job: Job) -> dict:
                        "entropy": unigram_entropy(tokens), "nfe": float(runs[0].nfe),
                        "example": corpus.decode(tokens[0].tolist())})
     return {"source_run": job.source_run, "points": points, "seq_len": T,
-            "sampler": SAMPLERS[family.name].name}
+            "sampler": family.sampler.name}
 
 
 # ------------------------------------------------------------------------------------------------

@@ -10,7 +10,8 @@ import math
 import pytest
 import torch
 
-from trainer.families.noise import FAMILIES, NoiseConfig, NoisyBatch, build_family, stratified_t
+from trainer.families.base import NoisyBatch, stratified_t
+from trainer.families.registry import FAMILIES, NoiseConfig, build_family
 
 V = 6
 DIFFUSION = [("masked", {}), ("uniform", {}), ("interpolating", {"uniform_share": 0.3}),

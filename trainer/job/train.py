@@ -34,7 +34,7 @@ from trainer.job.engine import build_engine, init_distributed, placement
 from core.flops import flops_for_steps, mfu, param_counts, steps_for_budget
 from core.ladder import model_config
 from trainer.model.transformer import Transformer
-from trainer.families.noise import build_family
+from trainer.families.registry import build_family
 from trainer.job.objective import evaluate
 from trainer.tools.peak import matmul_peak_flops
 from trainer.job.tracking import STEP_UNIT, Tracker, flop_step
@@ -94,7 +94,7 @@ def plan(cfg: RunConfig, vocab_size: int) -> Plan:
 def _tags(p: Plan) -> dict[str, str]:
     c = p.cfg
     tags = {"dlm.role": "trial", "dlm.family": c.noise.family, "dlm.size": c.size,
-            "dlm.knob": str(c.noise.uniform_share) if c.noise.family == "interpolating" else "",
+            "dlm.knob": "" if c.noise.knob() is None else str(c.noise.knob()),
             "dlm.budget_flops": repr(c.train.budget_flops), "dlm.sweep": c.sweep,
             "dlm.run_id": p.run_id, "dlm.step_unit": STEP_UNIT}
     if c.io.parent_run_id:

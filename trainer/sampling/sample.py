@@ -27,7 +27,8 @@ from trainer.job import checkpoint
 from trainer.config import RunConfig
 from trainer.data.loader import Corpus, load_corpus
 from trainer.model.transformer import Transformer
-from trainer.families.noise import NoiseFamily, build_family
+from trainer.families.base import NoiseFamily
+from trainer.families.registry import build_family
 from trainer.sampling.samplers import generate
 from trainer.job.train import WEIGHTS, plan
 
