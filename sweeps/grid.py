@@ -20,7 +20,7 @@ def reference_flops_per_token(size: str, shape: Shape) -> float:
 
     Counted for a model without time conditioning; the time-conditioned families' adaLN layers run
     once per sequence and add < 0.5% at T = 128 (core/flops.py), so one number ranks the sizes
-    for every family. The exact per-run count is `trainer.job.train.plan`'s (the tests use it)."""
+    for every family. The exact per-run count is `trainer.plan.plan`'s (the tests use it)."""
     cfg = model_config(size, vocab_size=shape.vocab_size + 1, out_vocab_size=shape.vocab_size,
                        seq_len=shape.seq_len)
     return train_flops_per_token(cfg)

@@ -19,8 +19,9 @@ from trainer.config import RunConfig
 from trainer.families.masked import Masked
 from trainer.families.registry import FAMILIES, FamilySpec, Knob, NoiseConfig, build_family
 from trainer.job.objective import batch_loss
-from trainer.job.train import _tags, plan
+from trainer.job.train import _tags
 from trainer.model.transformer import Transformer
+from trainer.plan import plan
 from trainer.sampling.samplers import Sampler, generate
 
 REPO = Path(__file__).resolve().parents[1]

@@ -30,7 +30,8 @@ from trainer.model.transformer import Transformer
 from trainer.families.base import NoiseFamily
 from trainer.families.registry import build_family
 from trainer.sampling.samplers import generate
-from trainer.job.train import WEIGHTS, plan
+from trainer.job.train import WEIGHTS
+from trainer.plan import plan
 
 
 def confine(path: str | Path, root: str | Path, what: str) -> Path:
