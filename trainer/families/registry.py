@@ -5,7 +5,8 @@ line here: the facts that configs, sweeps, tags and tables need *without* import
 attention mask, mask token, time-conditioning default, training losses, knob), and a lazy
 "module:Class" reference to the class, imported by `build_family` only. Callers never branch on a
 family's name: they read its spec (`FAMILIES[name]`) or the built family. Adding a family = its
-file, its line in `FAMILIES`, its tests; nothing else (a recipe then chooses to sweep it).
+file, its line in `FAMILIES`, its tests; nothing else. The recipe then chooses where to sweep it;
+its `ALL_FAMILIES` (sweeps/recipe.py) is every registered family, in this order.
 
 A knob is a `NoiseConfig` field the family reads and a sweep varies (`Knob`): the sweeps set it
 (sweeps/grid.py), the trial tags it (`dlm.knob`), the dry-run table shows it, all through
@@ -99,7 +100,7 @@ FAMILIES: dict[str, FamilySpec] = {spec.name: spec for spec in (
 @dataclass(frozen=True, kw_only=True)
 class NoiseConfig:
     family: str = "masked"
-    """Registered family name (FAMILIES): masked | uniform | interpolating | autoregressive."""
+    """A registered family name: a key of FAMILIES (`python -m trainer.families.registry` lists them)."""
     eps: float = 1e-3
     """Schedule floor: α_1 = eps (log-linear α_t = 1 − (1 − eps)·t). Bias of the NELBO is O(eps)."""
     uniform_share: float = 0.5
