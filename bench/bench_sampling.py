@@ -19,8 +19,9 @@ import statistics
 
 import torch
 
-from trainer.model.transformer import Transformer, model_config
-from trainer.families.noise import NoiseConfig, build_family
+from core.ladder import model_config
+from trainer.model.transformer import Transformer
+from trainer.families.registry import NoiseConfig, build_family
 from trainer.sampling.samplers import generate
 
 FAMILIES = ("masked", "uniform", "interpolating")

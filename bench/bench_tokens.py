@@ -25,8 +25,8 @@ from bench.bench_train import plain_stepper
 from trainer.config import TrainConfig
 from trainer.data.loader import DataConfig, load_corpus, sample_batch
 from core.flops import train_flops_per_token
-from trainer.model.transformer import LADDER, model_config
-from trainer.families.noise import NoiseConfig, build_family
+from core.ladder import LADDER, model_config
+from trainer.families.registry import NoiseConfig, build_family
 
 SMALL = ("L1-d8", "L1-d12", "L1-d16", "L2-d16", "L2-d24", "L2-d32", "L2-d48", "L2-d64")
 FAMILIES = ("autoregressive", "masked", "uniform", "interpolating")

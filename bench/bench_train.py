@@ -38,8 +38,9 @@ from trainer.config import EngineConfig, RunConfig, TrainConfig
 from trainer.data.loader import DataConfig, load_corpus, sample_batch
 from trainer.job.engine import build_engine, ds_config, init_distributed, lr_lambda, placement
 from core.flops import mfu, train_flops_per_token
-from trainer.model.transformer import LADDER, Transformer, model_config
-from trainer.families.noise import NoiseConfig, build_family
+from core.ladder import LADDER, model_config
+from trainer.model.transformer import Transformer
+from trainer.families.registry import NoiseConfig, build_family
 from trainer.job.objective import batch_loss
 from trainer.tools.peak import measure
 from trainer.job.tracking import Tracker

@@ -52,7 +52,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from trainer.model.transformer import ModelConfig
+    from core.ladder import ModelConfig
 
 # d×h matrices in the MLP of each kind (GELU: in, out; SwiGLU: gate, up, out).
 MLP_MATRICES = {"gelu": 2, "swiglu": 3}

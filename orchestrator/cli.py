@@ -25,7 +25,7 @@ from core.schema import resolve_uri
 from orchestrator.estimate import SweepClock, estimate, fmt_minutes, makespan, table
 from orchestrator.tracking import SweepTracking, sweep_id
 from trainer.config import RunConfig
-from trainer.job.train import plan
+from trainer.plan import Plan, plan
 
 
 def _csv(kind):
@@ -74,6 +74,12 @@ def parse(argv):
 
 def build(args) -> list[RunConfig]:
     """Expand and validate every run; raises ValueError naming the problem."""
+    return build_plans(args)[0]
+
+
+def build_plans(args) -> tuple[list[RunConfig], dict[str, Plan]]:
+    """`build`, and each run's plan by run id: planned once here (an impossible budget fails
+    before Ray) and reused by the dry-run table, the trial order and the ETA."""
     kwargs = {k: v for k, v in (("preset", args.preset), ("sizes", args.sizes),
                                 ("budgets", args.budgets), ("families", args.families)) if v}
     configs = sweeps.expand(args.sweep, overrides=tuple(args.set), **kwargs)
@@ -84,14 +90,15 @@ def build(args) -> list[RunConfig]:
     configs = [dataclasses.replace(c, io=dataclasses.replace(c.io, tracking_uri=uri, out_dir=out_dir))
                for c in configs]
     space = sweeps.search_space(args.sweep, preset=args.preset)
+    plans = {}
     for c in configs:                             # an impossible budget fails here, before Ray
         try:
-            plan(c, c.data.vocab_size)
+            plans[c.run_id()] = plan(c, c.data.vocab_size)
             _check_choices(c, space)
         except ValueError as exc:
             raise ValueError(f"run {c.noise.family}/{c.size}/C={c.train.budget_flops:.3g}: {exc}") from None
     check_data(configs)
-    return configs
+    return configs, plans
 
 
 def check_data(configs: list[RunConfig]) -> None:
@@ -123,7 +130,7 @@ PROBE_MIN_RUNS = 10          # below this the probe (~2-3 s per model shape) cos
 NOMINAL_TOKENS_PER_S = 50e3  # order of one CPU thread here (sweeps/recipe.py CPU_TOKENS_PER_S)
 
 
-def sweep_clock(todo: list[RunConfig], slots: int) -> SweepClock:
+def sweep_clock(todo: list[RunConfig], slots: int, plans: dict[str, Plan] | None = None) -> SweepClock:
     """The ETA of the per-run lines. Its prior: the dry run's estimate (a throughput probe per model
     shape) for sweeps of >= PROBE_MIN_RUNS runs to do (measured on 2 loaded cores: 13.6 s for the
     quick preset's 30 runs / 12 shapes, ~2% of its ~10 min; 16 s for smoke's 6 runs / 6 shapes,
@@ -131,10 +138,11 @@ def sweep_clock(todo: list[RunConfig], slots: int) -> SweepClock:
     the clock rescales it by the actual / predicted seconds of the runs finished so far."""
     t0 = time.perf_counter()
     if len(todo) >= PROBE_MIN_RUNS:
-        rows = estimate(todo, progress=lambda line: None)
+        rows = estimate(todo, progress=lambda line: None, plans=plans)
         source = f"throughput probe, {time.perf_counter() - t0:.0f} s"
     else:
-        rows = estimate(todo, progress=lambda line: None, tokens_per_s=lambda c, p: NOMINAL_TOKENS_PER_S)
+        rows = estimate(todo, progress=lambda line: None, tokens_per_s=lambda c, p: NOMINAL_TOKENS_PER_S,
+                        plans=plans)
         source = f"nominal {NOMINAL_TOKENS_PER_S:,.0f} tokens/s"
     predicted = {r.cfg.run_id(): r.seconds for r in rows}
     print(f"estimate: ~{fmt_minutes(makespan(list(predicted.values()), slots))} on {slots} slot(s) "
@@ -142,12 +150,13 @@ def sweep_clock(todo: list[RunConfig], slots: int) -> SweepClock:
     return SweepClock(predicted, slots)
 
 
-def longest_first(configs: list[RunConfig]) -> list[RunConfig]:
+def longest_first(configs: list[RunConfig], plans: dict[str, Plan] | None = None) -> list[RunConfig]:
     """The order trials are handed to Ray: most training tokens first (on a CPU, time tracks tokens
     more than FLOPs at small widths), so the sweep does not end on one long straggler with idle
-    slots. Stable: equal token counts keep the sweep's order."""
-    return sorted(configs, key=lambda c: -plan(c, c.data.vocab_size).steps * c.train.batch_size
-                  * c.train.seq_len)
+    slots. Stable: equal token counts keep the sweep's order. `plans`: run id -> Plan (else planned)."""
+    def steps(c: RunConfig) -> int:
+        return (plans[c.run_id()] if plans is not None else plan(c, c.data.vocab_size)).steps
+    return sorted(configs, key=lambda c: -steps(c) * c.train.batch_size * c.train.seq_len)
 
 
 def _check_choices(c: RunConfig, space) -> None:
@@ -161,7 +170,7 @@ def _check_choices(c: RunConfig, space) -> None:
 def main(argv=None) -> int:
     args = parse(argv)
     try:
-        configs = build(args)
+        configs, plans = build_plans(args)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -170,7 +179,7 @@ def main(argv=None) -> int:
     if args.dry_run:
         slots = args.slots or max(1, (args.num_cpus or os.cpu_count() or 1) // threads)
         print(f"sweep {name}: {len(configs)} runs; measuring throughput (a few steps per model shape)")
-        print(table(estimate(configs), slots))
+        print(table(estimate(configs, plans=plans), slots))
         return 0
 
     from orchestrator import runner
@@ -202,7 +211,7 @@ def main(argv=None) -> int:
             done = tracking.finished(configs)
             todo = [dataclasses.replace(c, io=dataclasses.replace(c.io, parent_run_id=parent))
                     for c in configs if c.run_id() not in done]
-            todo = longest_first(todo)
+            todo = longest_first(todo, plans)
             out.skipped, out.not_run = len(done), len(todo)
             print(f"sweep {name}: {len(configs)} runs, {len(done)} already finished, {len(todo)} to run "
                   f"on {runner.alive_nodes(ray)} node(s); MLflow {uri} (parent run {parent})", flush=True)
@@ -217,7 +226,7 @@ def main(argv=None) -> int:
                 out = run_searches(bases, space, sweep=name, storage=storage, max_retries=args.max_retries,
                                    slots=runner.slots(configs[0]), verbose=args.verbose)
             elif todo:
-                clock = sweep_clock(todo, runner.slots(todo[0]))
+                clock = sweep_clock(todo, runner.slots(todo[0]), plans)
                 out = runner.run_trials(todo, sweep=name, storage=storage, max_retries=args.max_retries,
                                         done_before=len(done), total=len(configs), verbose=args.verbose,
                                         eta=clock)

@@ -1,17 +1,17 @@
 """Dry-run table and ETA: a short measured throughput probe per distinct model shape, no Ray, no
 training. Wall time on a CPU does not follow FLOPs at tiny widths (the softmax over the vocabulary
-is memory-bound, STACK.md), so the ETA is measured, not derived from a FLOP/s figure.
+is memory-bound, STACK.md), so the ETA is measured, not derived from a FLOP/s figure. The probe is
+trainer work (trainer/tools/probe.py); this module only calls it, and imports no torch itself.
 """
 from __future__ import annotations
 
 import heapq
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
-import torch
-
 from trainer.config import RunConfig
-from trainer.job.train import Plan, plan
+from trainer.plan import Plan, plan
 
 TRIAL_OVERHEAD_S = 3.0   # slot time per trial beyond its loop: 1.6 s measured on smoke (bench/bench_sweep.py) + margin
 EVAL_COST = 1 / 3        # a forward-only token costs ~1/3 of a training token
@@ -29,39 +29,22 @@ def _shape_key(cfg: RunConfig, p: Plan) -> tuple:
     return (p.model_cfg, cfg.train.batch_size, cfg.engine.threads, cfg.noise.family)
 
 
-def probe_tokens_per_s(cfg: RunConfig, p: Plan, steps: int = 6) -> float:
-    """Median training tokens/s of a few plain-PyTorch steps of this model (random tokens)."""
-    from trainer.model.transformer import Transformer
-    from trainer.families.noise import build_family
-    from trainer.job.objective import batch_loss
-
-    torch.set_num_threads(cfg.engine.threads)
-    fam = build_family(cfg.noise, p.model_cfg.out_vocab_size)
-    model = Transformer(p.model_cfg)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    gen = torch.Generator().manual_seed(0)
-    b, t = cfg.train.batch_size, cfg.train.seq_len
-    times = []
-    for i in range(steps + 2):
-        window = torch.randint(0, p.model_cfg.out_vocab_size, (b, t + 1), generator=gen)
-        t0 = time.perf_counter()
-        loss = batch_loss(model, fam, window, gen)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if i >= 2:                                           # first steps warm up allocators
-            times.append(time.perf_counter() - t0)
-    times.sort()
-    return b * t / times[len(times) // 2]
+def probe_tokens_per_s(cfg: RunConfig, p: Plan) -> float:
+    """Measured training tokens/s of this run's model (trainer/tools/probe.py: torch, imported here
+    only when a probe runs)."""
+    from trainer.tools.probe import tokens_per_s
+    return tokens_per_s(cfg)
 
 
-def estimate(configs: list[RunConfig], progress=print, tokens_per_s=probe_tokens_per_s) -> list[Row]:
+def estimate(configs: list[RunConfig], progress=print, tokens_per_s=probe_tokens_per_s,
+             plans: Mapping[str, Plan] | None = None) -> list[Row]:
     """Predicted slot seconds per run: training + evaluation tokens at `tokens_per_s(cfg, plan)`
-    (default: measured by a short probe per model shape) plus a fixed per-trial overhead."""
+    (default: measured by a short probe per model shape) plus a fixed per-trial overhead.
+    `plans`: run id -> Plan already computed by the caller (else planned here)."""
     cache: dict[tuple, float] = {}
     rows = []
     for cfg in configs:
-        p = plan(cfg, cfg.data.vocab_size)
+        p = plans[cfg.run_id()] if plans is not None else plan(cfg, cfg.data.vocab_size)
         key = _shape_key(cfg, p)
         if key not in cache:
             cache[key] = tokens_per_s(cfg, p)
@@ -88,7 +71,7 @@ def table(rows: list[Row], slots: int) -> str:
     lines = [head, "-" * len(head)]
     for i, r in enumerate(rows, 1):
         c = r.cfg
-        knob = f"{c.noise.uniform_share:.2f}" if c.noise.family == "interpolating" else ""
+        knob = "" if c.noise.knob() is None else f"{c.noise.knob():.2f}"
         tokens = r.plan.steps * c.train.batch_size * c.train.seq_len
         lines.append(f"{i:>3} {c.noise.family:<14} {knob:>5} {c.size:<9} {r.plan.n_nonembed:>10,} "
                      f"{tokens:>10.3g} {r.plan.steps * r.plan.flops_per_step:>9.2e} {r.plan.steps:>6} "

@@ -34,6 +34,7 @@ from mlflow.tracking import MlflowClient
 from core import schema as M
 from core.schema import resolve_uri
 from core.search import search_all
+from trainer.families.registry import FAMILIES
 from trainer.sampling.job import Job, ref_entropy, sample_job
 
 DEFAULT_STEPS = (8, 16, 32, 64, 128)
@@ -70,10 +71,15 @@ def _weights_dir(run, root: Path) -> Path | None:
     return None
 
 
+def _causal(family: str | None) -> bool:
+    """A judge scores text left to right: a causal (autoregressive) family of the registry."""
+    return family in FAMILIES and FAMILIES[family].causal
+
+
 def pick_judge(runs: list, judge: str | None, dirs: dict[str, Path | None]):
     """The autoregressive trial with the lowest final val_nelbo (or the one named by `judge`:
     an MLflow run id or a dlm.run_id prefix) among runs whose weights load (`dirs`)."""
-    ar = [r for r in runs if r.data.tags.get(M.TAG_FAMILY) == "autoregressive" and dirs[r.info.run_id]]
+    ar = [r for r in runs if _causal(r.data.tags.get(M.TAG_FAMILY)) and dirs[r.info.run_id]]
     if judge:
         ar = [r for r in ar if r.info.run_id == judge or r.data.tags.get(M.TAG_RUN_ID, "").startswith(judge)]
         if len(ar) != 1:

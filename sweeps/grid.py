@@ -10,12 +10,9 @@ import dataclasses
 from trainer.config import IOConfig, RunConfig, TrainConfig
 from trainer.data.loader import DataConfig
 from core.flops import compute_optimal_flops_per_token, train_flops_per_token
-from trainer.model.transformer import LADDER, model_config
-from trainer.families.noise import NoiseConfig
+from core.ladder import LADDER, model_config
+from trainer.families.registry import FAMILIES, NoiseConfig
 from sweeps.recipe import Grid, Shape
-
-# Families with a knob, and the NoiseConfig field a grid's `knobs` set (one run per value).
-KNOB_FIELD = {"interpolating": "uniform_share"}
 
 
 def reference_flops_per_token(size: str, shape: Shape) -> float:
@@ -23,7 +20,7 @@ def reference_flops_per_token(size: str, shape: Shape) -> float:
 
     Counted for a model without time conditioning; the time-conditioned families' adaLN layers run
     once per sequence and add < 0.5% at T = 128 (core/flops.py), so one number ranks the sizes
-    for every family. The exact per-run count is `trainer.job.train.plan`'s (the tests use it)."""
+    for every family. The exact per-run count is `trainer.plan.plan`'s (the tests use it)."""
     cfg = model_config(size, vocab_size=shape.vocab_size + 1, out_vocab_size=shape.vocab_size,
                        seq_len=shape.seq_len)
     return train_flops_per_token(cfg)
@@ -47,7 +44,7 @@ def make_run(sweep: str, shape: Shape, *, size: str, family: str, knob: float | 
     """One RunConfig: the shape's training settings, tagged with the sweep (tag and experiment)."""
     noise = NoiseConfig(family=family)
     if knob is not None:
-        noise = dataclasses.replace(noise, **{KNOB_FIELD[family]: knob})
+        noise = noise.with_knob(knob)             # the family's knob field (FamilySpec.knob)
     return RunConfig(
         size=size,
         noise=noise,
@@ -69,7 +66,7 @@ def grid_runs(sweep: str, shape: Shape, grid: Grid, tokens_per_param: float) -> 
         for family in grid.families:
             sizes = grid.sizes or centred_sizes(budget, grid.k_for(family), shape,
                                                 grid.ratio_for(family, tokens_per_param))
-            for knob in grid.knobs if family in KNOB_FIELD else (None,):
+            for knob in grid.knobs if FAMILIES[family].knob else (None,):
                 for size in sizes:
                     runs.append(make_run(sweep, shape, size=size, family=family, knob=knob,
                                          budget=budget, pool_tokens=grid.pool_tokens))
@@ -92,7 +89,8 @@ def select(grid: Grid, *, sizes=None, budgets=None, families=None, knobs=None) -
     if knobs is not None:
         changes["knobs"] = tuple(knobs)
     out = dataclasses.replace(grid, **changes)
-    if knobs is not None and not any(f in KNOB_FIELD for f in out.families):
-        raise ValueError(f"knobs {tuple(knobs)} apply to {', '.join(KNOB_FIELD)} only, and the "
+    if knobs is not None and not any(FAMILIES[f].knob for f in out.families):
+        with_knob = [name for name, spec in FAMILIES.items() if spec.knob]
+        raise ValueError(f"knobs {tuple(knobs)} apply to {', '.join(with_knob)} only, and the "
                          f"families are {', '.join(out.families)}")
     return out

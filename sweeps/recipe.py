@@ -56,10 +56,10 @@ import math
 from dataclasses import dataclass
 
 from trainer.config import EngineConfig
-from trainer.model.transformer import LADDER
-from trainer.families.noise import FAMILIES
+from core.ladder import LADDER
+from trainer.families.registry import FAMILIES
 
-ALL_FAMILIES = ("autoregressive", "masked", "uniform", "interpolating")
+ALL_FAMILIES = tuple(FAMILIES)   # every registered family, in registry order (the baseline first)
 
 # Calibration data (measured, see the module docstring): training tokens/s per size and family,
 # plain loop, 1 thread, batch 8 x 128, BPE 512. Not used to build runs; tests check the presets'
@@ -134,7 +134,7 @@ class Grid:
     budgets: tuple[float, ...]
     """Training FLOP budgets (matmul convention of core.flops), in run order."""
     families: tuple[str, ...]
-    """Noise families (trainer.families.noise.FAMILIES), in run order."""
+    """Noise families (trainer.families.registry.FAMILIES), in run order."""
     knobs: tuple[float, ...] = (0.5,)
     """Interpolating `uniform_share` values (0 = masked noise, 1 = uniform); one run per value."""
     sizes_per_budget: int = 4

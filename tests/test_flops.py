@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from core import flops, flops_cli
-from trainer.model.transformer import LADDER, ModelConfig, Transformer, model_config
+from core.ladder import LADDER, ModelConfig, model_config
+from trainer.model.transformer import Transformer
 
 # Tiny configuration counted by hand below: L=2, d=8, T=4, V_out=10 (V_in=11: one mask token),
 # GELU ratio 4 -> h=32, 2 heads of width 4.

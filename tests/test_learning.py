@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from trainer.data.loader import DataConfig, load_corpus, sample_batch, validation_windows
-from trainer.model.transformer import Transformer, model_config
-from trainer.families.noise import NoiseConfig, build_family
+from core.ladder import model_config
+from trainer.model.transformer import Transformer
+from trainer.families.registry import NoiseConfig, build_family
 from trainer.job.objective import batch_loss, evaluate
 
 STEPS, BATCH, SEQ, LR = 600, 16, 128, 3e-3

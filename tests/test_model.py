@@ -10,7 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trainer.model.transformer import LADDER, ModelConfig, Transformer, ladder_rows, model_config
+from core.ladder import LADDER, ModelConfig, model_config
+from trainer.model.transformer import Transformer, ladder_rows
 
 BASE = ModelConfig(vocab_size=33, out_vocab_size=32, n_layer=2, d_model=32, n_head=4, seq_len=16)
 

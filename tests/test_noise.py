@@ -10,7 +10,8 @@ import math
 import pytest
 import torch
 
-from trainer.families.noise import FAMILIES, NoiseConfig, NoisyBatch, build_family, stratified_t
+from trainer.families.base import NoisyBatch, stratified_t
+from trainer.families.registry import FAMILIES, NoiseConfig, build_family
 
 V = 6
 DIFFUSION = [("masked", {}), ("uniform", {}), ("interpolating", {"uniform_share": 0.3}),
@@ -251,7 +252,8 @@ def test_fused_log_qhat_matches_autograd_and_survives_a_zero_prior():
 def test_scored_positions_give_the_same_loss_nelbo_and_gradients(family, kind):
     # The model computes logits only at `scored_positions` (masked: the masked ones); the loss, its
     # gradients and the validation NELBO must equal the all-positions computation.
-    from trainer.model.transformer import Transformer, model_config
+    from core.ladder import model_config
+    from trainer.model.transformer import Transformer
     from trainer.job import objective
     fam = build_family(NoiseConfig(family=family, train_loss=kind), 40)
     torch.manual_seed(0)

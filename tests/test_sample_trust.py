@@ -40,7 +40,7 @@ def test_load_run_never_unpickles_code(tmp_path, where):
     passes weights_only=False itself) are all refused, by file name, without running the payload."""
     from trainer.config import RunConfig
     from trainer.sampling.sample import load_run
-    from trainer.job.train import plan
+    from trainer.plan import plan
     cfg = RunConfig.from_dict(tiny_run(tmp_path))
     run_dir = tmp_path / "runs" / cfg.run_id()
     run_dir.mkdir(parents=True)

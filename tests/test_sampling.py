@@ -18,10 +18,11 @@ from torch import nn
 
 from tests.conftest import REPO, clean_env, tiny_run
 from trainer.model.kvcache import KVCache
-from trainer.model.transformer import ModelConfig, Transformer
-from trainer.families.noise import FAMILIES, NoiseConfig, build_family
+from core.ladder import ModelConfig
+from trainer.model.transformer import Transformer
+from trainer.families.registry import FAMILIES, NoiseConfig, build_family
 from trainer.job.objective import batch_loss, evaluate
-from trainer.sampling.samplers import SAMPLERS, PosteriorAncestral, generate
+from trainer.sampling.samplers import PosteriorAncestral, Sampler, generate
 
 DIFFUSION = ["masked", "uniform", "interpolating"]
 V, T = 8, 32                       # synthetic vocabulary (tokens) and sequence length (tokens)
@@ -308,7 +309,7 @@ class Counter:
 @pytest.mark.parametrize("family_name", sorted(FAMILIES))
 def test_steps_nfe_shapes_and_vocabulary(family_name):
     model, fam = tiny_model(family_name, seq_len=16)
-    assert family_name in SAMPLERS
+    assert isinstance(fam.sampler, Sampler)
     for steps, n, batch in [(1, 3, None), (7, 5, 2), (40, 1, None)]:
         calls = Counter(model) if not fam.causal else None
         res = generate(model, fam, n=n, seq_len=12, steps=steps, seed=0, batch_size=batch,

@@ -22,7 +22,7 @@ import pytest
 import sweeps
 from sweeps.recipe import CPU_TOKENS_PER_S, PRESETS
 from core.flops import compute_optimal_flops_per_token
-from trainer.job.train import plan
+from trainer.plan import plan
 
 REPO = Path(__file__).resolve().parents[1]
 SNAPSHOTS = REPO / "tests" / "snapshots" / "sweeps"

@@ -16,8 +16,8 @@ from typing import Any
 
 from trainer.data.loader import DataConfig
 from core.flops import CONVENTIONS
-from trainer.model.transformer import LADDER, MLP_HIDDEN
-from trainer.families.noise import FAMILIES, NoiseConfig
+from core.ladder import LADDER, MLP_HIDDEN
+from trainer.families.registry import FAMILIES, NoiseConfig
 
 SCHEDULES = ("cosine", "wsd")
 
@@ -154,7 +154,7 @@ class IOConfig:
 @dataclass(frozen=True, kw_only=True)
 class RunConfig:
     size: str = "L2-d64"
-    """Ladder size name (trainer.model.transformer.LADDER)."""
+    """Ladder size name (core.ladder.LADDER)."""
     mlp: str = "gelu"
     """MLP kind ('gelu' or 'swiglu')."""
     time_cond: bool | None = None
@@ -174,7 +174,7 @@ class RunConfig:
         if self.mlp not in MLP_HIDDEN:
             raise ValueError(f"mlp must be one of {sorted(MLP_HIDDEN)}, got {self.mlp!r}")
         if FAMILIES[self.noise.family].causal and self.time_cond:
-            raise ValueError("time_cond: the autoregressive family has no diffusion time")
+            raise ValueError(f"time_cond: the {self.noise.family} family has no diffusion time")
         for name in ("batch_size", "eval_seqs"):                 # each rank takes an equal share
             if getattr(self.train, name) % self.engine.workers:
                 raise ValueError(f"train.{name} ({getattr(self.train, name)}) must be divisible by "

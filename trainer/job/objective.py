@@ -9,9 +9,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from trainer.families.noise import NoiseFamily, NoisyBatch
+from trainer.families.base import NoiseFamily, NoisyBatch
 
-VAL_T_POWER = 2.0  # importance sampling of t for validation (t = u²): see noise.stratified_t
+VAL_T_POWER = 2.0  # importance sampling of t for validation (t = u²): see families.base.stratified_t
 
 
 def forward(model: nn.Module, batch: NoisyBatch, positions: torch.Tensor | None = None) -> torch.Tensor:

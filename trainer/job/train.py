@@ -31,10 +31,11 @@ from trainer.job import objective
 from trainer.config import RunConfig
 from trainer.data.loader import load_corpus, sample_batch, validation_windows
 from trainer.job.engine import build_engine, init_distributed, placement
-from core.flops import flops_for_steps, mfu, param_counts, steps_for_budget
-from trainer.model.transformer import Transformer, model_config
-from trainer.families.noise import build_family
+from core.flops import mfu
+from trainer.model.transformer import Transformer
+from trainer.families.registry import build_family
 from trainer.job.objective import evaluate
+from trainer.plan import Plan, plan
 from trainer.tools.peak import matmul_peak_flops
 from trainer.job.tracking import Tracker
 from core import schema as M
@@ -59,43 +60,10 @@ class RunResult:
     log_seconds: float = 0.0          # of which talking to MLflow (rank 0)
 
 
-@dataclass
-class Plan:
-    """Everything derived from the config before any process group, file or MLflow run exists."""
-    cfg: RunConfig
-    run_id: str
-    model_cfg: object
-    steps: int
-    flops_per_step: float
-    eval_steps: list[int]
-    n_nonembed: int
-    n_total: int
-
-
-def plan(cfg: RunConfig, vocab_size: int) -> Plan:
-    family = build_family(cfg.noise, vocab_size)
-    tc = cfg.train
-    mcfg = model_config(cfg.size, vocab_size=family.input_vocab_size, out_vocab_size=vocab_size,
-                        seq_len=tc.seq_len, causal=family.causal, time_cond=cfg.use_time_cond(),
-                        mlp=cfg.mlp)
-    tokens_per_step = tc.batch_size * tc.seq_len
-    try:
-        steps = steps_for_budget(tc.budget_flops, mcfg, tokens_per_step, tc.flop_convention)
-    except ValueError as exc:
-        raise ValueError(f"train.budget_flops: {exc}") from None
-    per_step = flops_for_steps(1, mcfg, tokens_per_step, tc.flop_convention)
-    evals = sorted({0, steps} | {round(k * steps / tc.evals) for k in range(1, tc.evals)})
-    if len({flop_step(s * per_step) for s in evals}) < len(evals):
-        raise ValueError(f"train.evals: {tc.evals} evaluations over {tc.budget_flops:.3g} FLOPs are "
-                         f"closer than 1 {STEP_UNIT} (the metric step unit); use fewer")
-    nonemb, total = param_counts(mcfg)
-    return Plan(cfg, cfg.run_id(), mcfg, steps, per_step, evals, nonemb, total)
-
-
 def _tags(p: Plan) -> dict[str, str]:
     c = p.cfg
     tags = {M.TAG_ROLE: M.ROLE_TRIAL, M.TAG_FAMILY: c.noise.family, M.TAG_SIZE: c.size,
-            M.TAG_KNOB: str(c.noise.uniform_share) if c.noise.family == "interpolating" else "",
+            M.TAG_KNOB: "" if c.noise.knob() is None else str(c.noise.knob()),
             M.TAG_BUDGET: repr(c.train.budget_flops), M.TAG_SWEEP: c.sweep,
             M.TAG_RUN_ID: p.run_id, M.TAG_STEP_UNIT: STEP_UNIT}
     if c.io.parent_run_id:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from trainer.model.transformer import ModelConfig
+from core.ladder import ModelConfig
 
 
 class LayerCache:

@@ -40,7 +40,7 @@ def sample_job(job: Job) -> dict:
 
     from trainer.sampling.quality import gen_ppl, unigram_entropy
     from trainer.sampling.sample import load_run
-    from trainer.sampling.samplers import SAMPLERS, generate
+    from trainer.sampling.samplers import generate
 
     torch.set_num_threads(job.threads)
     model, family, cfg, corpus = load_run(job.run_dir)
@@ -63,7 +63,7 @@ def sample_job(job: Job) -> dict:
                        M.METRIC_ENTROPY: unigram_entropy(tokens), M.METRIC_NFE: float(runs[0].nfe),
                        "example": corpus.decode(tokens[0].tolist())})
     return {"source_run": job.source_run, "points": points, "seq_len": T,
-            "sampler": SAMPLERS[family.name].name}
+            "sampler": family.sampler.name}
 
 
 def ref_entropy(judge_dir: str | Path, n: int) -> float:

@@ -27,9 +27,11 @@ from trainer.job import checkpoint
 from trainer.config import RunConfig
 from trainer.data.loader import Corpus, load_corpus
 from trainer.model.transformer import Transformer
-from trainer.families.noise import NoiseFamily, build_family
+from trainer.families.base import NoiseFamily
+from trainer.families.registry import build_family
 from trainer.sampling.samplers import generate
-from trainer.job.train import WEIGHTS, plan
+from trainer.job.train import WEIGHTS
+from trainer.plan import plan
 
 
 def confine(path: str | Path, root: str | Path, what: str) -> Path:

@@ -1,7 +1,7 @@
 """Samplers for every noise family behind one entry point, `generate(model, family, ...)`.
 
-Pure torch (no MLflow, no files). One class per way of sampling, registered by family name in
-`SAMPLERS`; callers look the sampler up and never branch on the family:
+Pure torch (no MLflow, no files). One class per way of sampling; each family class declares its
+own (`NoiseFamily.sampler`, trainer/families/<name>.py), so callers never branch on the family:
 
 - masked: MDLM ancestral sampling (Sahoo et al. 2024). Time grid t_k = 1 − k/K,
   k = 0..K (K = `steps`). A step t → s keeps every unmasked token; a masked position is unmasked
@@ -12,7 +12,7 @@ Pure torch (no MLflow, no files). One class per way of sampling, registered by f
   model's prediction (GIDD, von Rütte et al. 2025; UDLM, Schiff et al.), K model calls.
 - autoregressive: temperature sampling, one position at a time through the model's KV cache.
 
-Reverse posterior used for uniform and interpolating noise (all of trainer/families/noise.py's diffusion
+Reverse posterior used for uniform and interpolating noise (all of trainer/families/base.py's diffusion
 families share the form q_t(z | x) = α_t δ(z = x) + β_t π_t(z), β = 1 − α). Its transition from
 s < t is
 
@@ -21,7 +21,7 @@ s < t is
 
 (uniform: β_{t|s} π_{t|s} = (1 − α_{t|s}) / V; nonnegative for the hybrid prior because
 β_t σ_t / α_t and β_t (1 − σ_t) / α_t both decrease in α_t). The reverse step is the model's own,
-the one its NELBO (trainer/families/noise.py) is the bound of: x̂ = x̂_θ(z_t, t) is plugged into the forward
+the one its NELBO (trainer/families/base.py) is the bound of: x̂ = x̂_θ(z_t, t) is plugged into the forward
 marginals (the mean parameterisation of GIDD / UDLM),
 
     p_θ(z_s | z_t) = q(z_t | z_s) · q_s(z_s | x̂) / q_t(z_t | x̂),   q_s(y | x̂) = α_s x̂(y) + β_s π_s(y),
@@ -43,13 +43,16 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from trainer.model.kvcache import KVCache
-from trainer.families.noise import NoiseFamily
+
+if TYPE_CHECKING:     # the families import their samplers from here
+    from trainer.families.base import NoiseFamily
 
 
 VERSION = 2
@@ -191,7 +194,7 @@ class PosteriorAncestral(Sampler):
 class Autoregressive(Sampler):
     """Left-to-right temperature sampling through the KV cache, one position per forward.
 
-    The AR model predicts token i + 1 from tokens 0..i (noise.Autoregressive.prepare), so it cannot
+    The AR model predicts token i + 1 from tokens 0..i (families.autoregressive.Autoregressive.prepare), so it cannot
     predict a first token from nothing: it is conditioned on `start_id` (callers pass the corpus's
     end-of-text id, which precedes every document in the training stream), which is not part of the
     output. `steps` is ignored: seq_len positions are generated, and reported."""
@@ -212,14 +215,6 @@ class Autoregressive(Sampler):
         return Chunk(out, seq_len, seq_len)
 
 
-SAMPLERS: dict[str, Sampler] = {
-    "masked": MaskedAncestral(),
-    "uniform": PosteriorAncestral(),
-    "interpolating": PosteriorAncestral(),
-    "autoregressive": Autoregressive(),
-}
-
-
 @torch.no_grad()
 def generate(model: nn.Module, family: NoiseFamily, *, n: int, seq_len: int, steps: int, seed: int,
              temperature: float = 1.0, device: str | torch.device = "cpu",
@@ -231,8 +226,9 @@ def generate(model: nn.Module, family: NoiseFamily, *, n: int, seq_len: int, ste
     temperature: logits are divided by it (> 0). batch_size: sequences per batch (default n).
     start_id: the token the AR model is conditioned on before its first output (required there,
     ignored by diffusion). The model is put in eval mode and moved to `device`."""
-    if family.name not in SAMPLERS:
-        raise ValueError(f"no sampler for family {family.name!r}; known: {sorted(SAMPLERS)}")
+    sampler = getattr(family, "sampler", None)
+    if not isinstance(sampler, Sampler):
+        raise ValueError(f"family {family.name!r} declares no sampler (NoiseFamily.sampler)")
     for name, value in (("n", n), ("seq_len", seq_len), ("steps", steps)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -243,7 +239,6 @@ def generate(model: nn.Module, family: NoiseFamily, *, n: int, seq_len: int, ste
     batch = batch_size or n
     device = torch.device(device)
     model = model.to(device).eval()
-    sampler = SAMPLERS[family.name]
     gen = torch.Generator(device=device).manual_seed(seed)
     _sync(device)
     t0 = time.perf_counter()

@@ -1,4 +1,9 @@
-"""Noise families: forward corruption, per-token NELBO and training loss, one class each.
+"""The noise-family interface: forward corruption, per-token NELBO and training loss.
+
+One subclass of `NoiseFamily` per family, each in its own file (masked.py, uniform.py,
+interpolating.py, autoregressive.py), each registered by one line in registry.py, which holds its
+torch-free facts (`FamilySpec`: attention mask, mask token, time-conditioning default, losses,
+knob). The class holds the mechanics and declares its sampler (trainer/sampling/samplers.py).
 
 Every diffusion family here is an *interpolating* process (GIDD, von Rütte et al. 2025, eq. 1):
 
@@ -35,52 +40,21 @@ tokens (the mask is never predicted); t is (B,) broadcast over positions. All lo
 """
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from trainer.families.qhat import log_qhat_stats
+from trainer.families.registry import FAMILIES, FamilySpec
+
+if TYPE_CHECKING:
+    from trainer.families.registry import NoiseConfig
+    from trainer.sampling.samplers import Sampler
 
 T_MIN = 1e-6  # t is clamped away from 0: the masked weight 1/t would overflow there
-
-
-@dataclass(frozen=True, kw_only=True)
-class NoiseConfig:
-    family: str = "masked"
-    """Registered family name: masked | uniform | interpolating | autoregressive."""
-    eps: float = 1e-3
-    """Schedule floor: α_1 = eps (log-linear α_t = 1 − (1 − eps)·t). Bias of the NELBO is O(eps)."""
-    uniform_share: float = 0.5
-    """Interpolating knob p_u ∈ [0, 1]: uniform share of the noise at log-SNR 0 (0 = masked, 1 = uniform)."""
-    train_loss: str = "auto"
-    """'elbo' (the NELBO itself), 'ce' (plain cross-entropy on corrupted positions; masked only), or
-    'auto' = the family's default (masked: 'ce', the cheaper loss of 2602.15014; others: 'elbo')."""
-    weight_clip: float | None = None
-    """Clip the ELBO weight w_t(z, x) at this value in the *training* loss (GIDD); never in the NELBO."""
-
-    def __post_init__(self):
-        if self.family not in FAMILIES:
-            raise ValueError(f"noise.family: unknown family {self.family!r}; known: {sorted(FAMILIES)}")
-        if not 0.0 < self.eps < 0.5:
-            raise ValueError(f"noise.eps must be in (0, 0.5), got {self.eps}")
-        if not 0.0 <= self.uniform_share <= 1.0:
-            raise ValueError(f"noise.uniform_share must be in [0, 1], got {self.uniform_share}")
-        allowed = FAMILIES[self.family].train_losses
-        if self.train_loss != "auto" and self.train_loss not in allowed:
-            raise ValueError(
-                f"noise.train_loss={self.train_loss!r} is not supported by family {self.family!r} "
-                f"(supported: {allowed}); cross-entropy of x given z_t double-counts z_t under the "
-                "uniform/interpolating parameterisation (see STACK.md)")
-        if self.weight_clip is not None and self.weight_clip <= 0:
-            raise ValueError(f"noise.weight_clip must be > 0 or None, got {self.weight_clip}")
-
-    def resolved_train_loss(self) -> str:
-        return FAMILIES[self.family].default_train_loss if self.train_loss == "auto" else self.train_loss
 
 
 @dataclass
@@ -119,25 +93,43 @@ def stratified_t(n: int, generator: torch.Generator | None = None, device=None,
 
 
 class NoiseFamily(ABC):
-    """One noise family. Subclasses set the class attributes and implement the abstract methods."""
-    name: ClassVar[str]
-    causal: ClassVar[bool] = False               # model attention mask
-    uses_mask_token: ClassVar[bool] = False      # input vocabulary = V + 1 (mask id = V)
-    time_cond_default: ClassVar[bool] = False    # adaLN conditioning on t unless overridden
+    """One noise family. Subclasses implement the abstract methods, may set `normalizes`, and
+    declare their `sampler`; the family's facts (name, causal, mask token, ...) are its registry
+    line's (`spec`), chosen by `cfg.family` (registry.build_family)."""
     normalizes: ClassVar[bool] = False   # elbo_terms accepts raw logits (softmax inside, qhat.py)
-    train_losses: ClassVar[tuple[str, ...]] = ("elbo",)
-    default_train_loss: ClassVar[str] = "elbo"
+    sampler: ClassVar[Sampler]           # how to draw sequences from a model of this family
 
     def __init__(self, cfg: NoiseConfig, vocab_size: int):
         if vocab_size < 2:
             raise ValueError(f"vocab_size must be >= 2, got {vocab_size}")
+        self.spec: FamilySpec = FAMILIES[cfg.family]
+        if type(self) is not self.spec.load():
+            raise ValueError(f"noise.family {cfg.family!r} is implemented by {self.spec.impl}, "
+                             f"not {type(self).__module__}:{type(self).__qualname__}")
         self.cfg = cfg
         self.V = vocab_size            # real tokens; the model predicts these only
         self.mask_id = vocab_size      # only meaningful if uses_mask_token
 
+    # --- the registry line's facts ------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def causal(self) -> bool:
+        return self.spec.causal
+
+    @property
+    def uses_mask_token(self) -> bool:
+        return self.spec.uses_mask_token
+
+    @property
+    def time_cond_default(self) -> bool:
+        return self.spec.time_cond_default
+
     @property
     def input_vocab_size(self) -> int:
-        return self.V + 1 if self.uses_mask_token else self.V
+        return self.spec.input_vocab_size(self.V)
 
     # --- schedule (log-linear; shared) -------------------------------------------------------------
     def alpha(self, t: Tensor) -> Tensor:
@@ -231,148 +223,3 @@ class NoiseFamily(ABC):
 
     def _ce_positions(self, batch: NoisyBatch) -> Tensor:
         raise ValueError(f"family {self.name!r} has no cross-entropy training loss")
-
-
-class Masked(NoiseFamily):
-    """Absorbing-state diffusion (MDLM). Weight −α'/(1 − α) = 1/t on masked positions."""
-    name = "masked"
-    uses_mask_token = True
-    time_cond_default = False       # MDLM: time conditioning unnecessary for masked diffusion
-    train_losses = ("elbo", "ce")
-    default_train_loss = "ce"
-
-    def corrupt(self, x, t, generator=None):
-        beta = 1.0 - self.alpha(t)[:, None]                          # (B, 1)
-        u = torch.rand(x.shape, generator=generator, device=x.device)
-        return torch.where(u < beta, torch.full_like(x, self.mask_id), x)
-
-    def marginal(self, x, t):
-        a = self.alpha(t)[..., None]
-        return torch.cat([a * F.one_hot(x, self.V), (1 - a).expand(*x.shape, 1)], -1)
-
-    def elbo_terms(self, log_probs, x, z, t):
-        a, da = self.alpha(t), self.dalpha(t)
-        w = torch.where(z == self.mask_id, -da / (1.0 - a), torch.zeros_like(a))
-        nll = -log_probs.gather(-1, x[..., None]).squeeze(-1)
-        return w.expand_as(nll), nll
-
-    def scored_positions(self, batch):
-        # ELBO weight and cross-entropy are both zero wherever z_t = x (unmasked)
-        return batch.inputs == self.mask_id
-
-    # 2602.15014: unweighted cross-entropy on the corrupted (masked) positions only.
-    _ce_positions = scored_positions
-
-
-class Uniform(NoiseFamily):
-    """Uniform-state diffusion (UDLM / Duo): π = uniform over the V real tokens, no mask state."""
-    name = "uniform"
-    time_cond_default = True
-    normalizes = True
-
-    def corrupt(self, x, t, generator=None):
-        beta = 1.0 - self.alpha(t)[:, None]
-        u = torch.rand(x.shape, generator=generator, device=x.device)
-        noise = torch.randint(0, self.V, x.shape, generator=generator, device=x.device)
-        return torch.where(u < beta, noise, x)
-
-    def marginal(self, x, t):
-        a = self.alpha(t)[..., None]
-        return a * F.one_hot(x, self.V) + (1 - a) / self.V
-
-    def elbo_terms(self, log_probs, x, z, t):
-        V = self.V
-        a, da = self.alpha(t), self.dalpha(t)
-        b = (1.0 - a) / V                                            # β/V, mass of each token in the prior part
-        # log q̂ = log(a·x̂ + b) reduced three ways, fused with a closed-form backward (trainer/families/qhat.py)
-        sum_log, lq_x, lq_z = log_qhat_stats(log_probs, a, b, x, z)
-        # KL(q(·|x) ‖ q(·|x̂)) with q(·|x) = a·onehot(x) + b: closed form in three reductions.
-        q_log_q = torch.special.xlogy(a + b, a + b) + (V - 1) * torch.special.xlogy(b, b)
-        kl = q_log_q - a * lq_x - b * sum_log
-        q_z = torch.where(z == x, a + b, b)
-        log_rho = torch.log(q_z) - lq_z
-        d = kl + torch.expm1(log_rho) - log_rho                      # KL + (ρ − 1 − log ρ)
-        w = (-da / a) / V / q_z                                      # c_t(z) / q_t(z|x)
-        return w, d
-
-
-class Interpolating(NoiseFamily):
-    """GIDD hybrid noise: π_t = σ_t·uniform + (1 − σ_t)·mask, σ_t = sigmoid(log-SNR + logit(p_u))."""
-    name = "interpolating"
-    uses_mask_token = True
-    time_cond_default = True
-    normalizes = True
-
-    def __init__(self, cfg, vocab_size):
-        super().__init__(cfg, vocab_size)
-        p = cfg.uniform_share
-        self.shift = -math.inf if p == 0 else math.inf if p == 1 else math.log(p / (1 - p))
-
-    def sigma(self, t: Tensor) -> Tensor:
-        a = self.alpha(t)
-        return torch.sigmoid(torch.log(a) - torch.log1p(-a) + self.shift)   # exact 0 / 1 at the ends
-
-    def corrupt(self, x, t, generator=None):
-        beta, s = 1.0 - self.alpha(t)[:, None], self.sigma(t)[:, None]
-        u = torch.rand(x.shape, generator=generator, device=x.device)
-        noise = torch.randint(0, self.V, x.shape, generator=generator, device=x.device)
-        # u < β·σ: a uniform token; β·σ <= u < β: the mask; else keep x
-        return torch.where(u < beta * s, noise, torch.where(u < beta, torch.full_like(x, self.mask_id), x))
-
-    def marginal(self, x, t):
-        a, s = self.alpha(t)[..., None], self.sigma(t)[..., None]
-        real = a * F.one_hot(x, self.V) + (1 - a) * s / self.V
-        return torch.cat([real, ((1 - a) * (1 - s)).expand(*x.shape, 1)], -1)
-
-    def elbo_terms(self, log_probs, x, z, t):
-        V = self.V
-        a, da, s = self.alpha(t), self.dalpha(t), self.sigma(t)
-        bu = (1.0 - a) * s / V                                       # prior mass of each real token
-        bm = (1.0 - a) * (1.0 - s)                                   # prior mass of the mask
-        is_mask = z == self.mask_id
-        sum_log, lq_x, lq_real = log_qhat_stats(log_probs, a, bu, x, z.clamp_max(V - 1))
-        lq_z = torch.where(is_mask, torch.log(bm).expand_as(lq_x), lq_real)
-        # Σ_y q(y|x)·log q(y|x̂) = a·log q̂_x + Σ_real bu·log q̂_y + bm·log q̂_mask (q̂_mask = bm exactly)
-        cross = a * lq_x + bu * sum_log + torch.special.xlogy(bm, bm)
-        q_log_q = (torch.special.xlogy(a + bu, a + bu) + (V - 1) * torch.special.xlogy(bu, bu)
-                   + torch.special.xlogy(bm, bm))
-        kl = q_log_q - cross
-        q_z = torch.where(is_mask, bm.expand_as(lq_x), torch.where(z == x, a + bu, bu))
-        log_rho = torch.log(q_z) - lq_z
-        d = kl + torch.expm1(log_rho) - log_rho
-        rate = -da / a                                               # total jump-in rate −α'/α
-        c_z = torch.where(is_mask, rate * (1 - s) * (1 + s), rate * s * s / V)
-        w = torch.where(c_z > 0, c_z / q_z, torch.zeros_like(c_z))   # c = 0 where q = 0 at the ends
-        return w, d
-
-
-class Autoregressive(NoiseFamily):
-    """The baseline: same backbone with a causal mask, next-token NLL (which *is* its exact NELBO)."""
-    name = "autoregressive"
-    causal = True
-    train_losses = ("elbo", "ce")
-
-    def prepare(self, window, generator=None, t_power=1.0):
-        return NoisyBatch(inputs=window[:, :-1], targets=window[:, 1:], t=None)
-
-    def corrupt(self, x, t, generator=None):
-        return x
-
-    def marginal(self, x, t):
-        return F.one_hot(x, self.V).float()
-
-    def elbo_terms(self, log_probs, x, z, t):
-        nll = -log_probs.gather(-1, x[..., None]).squeeze(-1)
-        return torch.ones_like(nll), nll
-
-    def _ce_positions(self, batch):
-        return torch.ones_like(batch.targets, dtype=torch.bool)    # next-token NLL: every position
-
-
-FAMILIES: dict[str, type[NoiseFamily]] = {
-    cls.name: cls for cls in (Masked, Uniform, Interpolating, Autoregressive)
-}
-
-
-def build_family(cfg: NoiseConfig, vocab_size: int) -> NoiseFamily:
-    return FAMILIES[cfg.family](cfg, vocab_size)

@@ -1,0 +1,178 @@
+"""The family registry: one `FamilySpec` line per noise family, and `NoiseConfig`. Torch-free.
+
+A family is one class (trainer/families/<name>.py: the corruption, the NELBO, its sampler) and one
+line here: the facts that configs, sweeps, tags and tables need *without* importing torch (its
+attention mask, mask token, time-conditioning default, training losses, knob), and a lazy
+"module:Class" reference to the class, imported by `build_family` only. Callers never branch on a
+family's name: they read its spec (`FAMILIES[name]`) or the built family. Adding a family = its
+file, its line in `FAMILIES`, its tests; nothing else. The recipe then chooses where to sweep it;
+its `ALL_FAMILIES` (sweeps/recipe.py) is every registered family, in this order.
+
+A knob is a `NoiseConfig` field the family reads and a sweep varies (`Knob`): the sweeps set it
+(sweeps/grid.py), the trial tags it (`dlm.knob`), the dry-run table shows it, all through
+`NoiseConfig.knob()` / `with_knob()`. A family with a new *kind* of knob needs a new `NoiseConfig`
+field, and a new field changes every run id (`RunConfig.science` hashes every field): reuse a field
+where the meaning fits.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from trainer.families.base import NoiseFamily
+
+
+@dataclass(frozen=True, kw_only=True)
+class Knob:
+    """The one continuous `NoiseConfig` field a family is swept along."""
+    field: str
+    """The NoiseConfig field (a float) the family reads; a sweep's `knobs` set it, one run each."""
+    lo: float
+    hi: float
+    """Closed range of valid values, [lo, hi]."""
+    label: str
+    """What the value means, in a few words (`python -m trainer.families.registry`)."""
+
+    def accepts(self, value: float) -> bool:
+        return self.lo <= value <= self.hi                    # False for NaN
+
+    def check(self, value: float) -> None:
+        if not self.accepts(value):
+            raise ValueError(f"noise.{self.field} must be in [{self.lo:g}, {self.hi:g}], got {value}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class FamilySpec:
+    """What the rest of the code may know about a family without importing it (or torch)."""
+    name: str
+    """Registered name: NoiseConfig.family, the dlm.family tag, the MLflow run name's prefix."""
+    impl: str
+    """"module:Class" of the NoiseFamily subclass; imported only by `load` / `build_family`."""
+    causal: bool = False
+    """Causal attention (the autoregressive baseline); no diffusion time, so no time conditioning."""
+    uses_mask_token: bool = False
+    """The model's input vocabulary is V + 1 (mask id = V); the output is always the V real tokens."""
+    time_cond_default: bool = False
+    """adaLN conditioning on t unless RunConfig.time_cond says otherwise."""
+    train_losses: tuple[str, ...] = ("elbo",)
+    """NoiseConfig.train_loss values the family implements."""
+    default_train_loss: str = "elbo"
+    """What train_loss='auto' resolves to."""
+    knob: Knob | None = None
+    """The field a sweep varies for this family, or None (one run per grid cell)."""
+
+    def __post_init__(self):
+        if ":" not in self.impl:
+            raise ValueError(f"family {self.name!r}: impl must be 'module:Class', got {self.impl!r}")
+        if self.default_train_loss not in self.train_losses:
+            raise ValueError(f"family {self.name!r}: default_train_loss {self.default_train_loss!r} "
+                             f"is not one of its train_losses {self.train_losses}")
+        if self.causal and self.time_cond_default:
+            raise ValueError(f"family {self.name!r}: a causal family has no diffusion time")
+
+    def input_vocab_size(self, vocab_size: int) -> int:
+        """Rows of the model's input embedding for V = vocab_size real tokens."""
+        return vocab_size + 1 if self.uses_mask_token else vocab_size
+
+    def load(self) -> type[NoiseFamily]:
+        """The family's class (imports its module, hence torch)."""
+        module, _, name = self.impl.partition(":")
+        return getattr(importlib.import_module(module), name)
+
+
+FAMILIES: dict[str, FamilySpec] = {spec.name: spec for spec in (
+    # The baseline first: registry order is ALL_FAMILIES' run order (sweeps/recipe.py).
+    FamilySpec(name="autoregressive", impl="trainer.families.autoregressive:Autoregressive",
+               causal=True, train_losses=("elbo", "ce")),
+    # MDLM: time conditioning unnecessary for masked diffusion; 2602.15014's cheaper CE by default.
+    FamilySpec(name="masked", impl="trainer.families.masked:Masked", uses_mask_token=True,
+               train_losses=("elbo", "ce"), default_train_loss="ce"),
+    FamilySpec(name="uniform", impl="trainer.families.uniform:Uniform", time_cond_default=True),
+    FamilySpec(name="interpolating", impl="trainer.families.interpolating:Interpolating",
+               uses_mask_token=True, time_cond_default=True,
+               knob=Knob(field="uniform_share", lo=0.0, hi=1.0,
+                         label="uniform share p_u of the noise at log-SNR 0 (0 = masked, 1 = uniform)")),
+)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class NoiseConfig:
+    family: str = "masked"
+    """A registered family name: a key of FAMILIES (`python -m trainer.families.registry` lists them)."""
+    eps: float = 1e-3
+    """Schedule floor: α_1 = eps (log-linear α_t = 1 − (1 − eps)·t). Bias of the NELBO is O(eps)."""
+    uniform_share: float = 0.5
+    """Interpolating knob p_u ∈ [0, 1]: uniform share of the noise at log-SNR 0 (0 = masked, 1 = uniform)."""
+    train_loss: str = "auto"
+    """'elbo' (the NELBO itself), 'ce' (plain cross-entropy on corrupted positions; masked only), or
+    'auto' = the family's default (masked: 'ce', the cheaper loss of 2602.15014; others: 'elbo')."""
+    weight_clip: float | None = None
+    """Clip the ELBO weight w_t(z, x) at this value in the *training* loss (GIDD); never in the NELBO."""
+
+    def __post_init__(self):
+        if self.family not in FAMILIES:
+            raise ValueError(f"noise.family: unknown family {self.family!r}; known: {sorted(FAMILIES)}")
+        if not 0.0 < self.eps < 0.5:
+            raise ValueError(f"noise.eps must be in (0, 0.5), got {self.eps}")
+        self._check_knobs()
+        allowed = FAMILIES[self.family].train_losses
+        if self.train_loss != "auto" and self.train_loss not in allowed:
+            raise ValueError(
+                f"noise.train_loss={self.train_loss!r} is not supported by family {self.family!r} "
+                f"(supported: {allowed}); cross-entropy of x given z_t double-counts z_t under the "
+                "uniform/interpolating parameterisation (see STACK.md)")
+        if self.weight_clip is not None and self.weight_clip <= 0:
+            raise ValueError(f"noise.weight_clip must be > 0 or None, got {self.weight_clip}")
+
+    def _check_knobs(self) -> None:
+        """Each knob field against the range of the family that reads it: this config's family's
+        own range; a field this family ignores (it still enters the run id) must be a value that
+        some family declaring it accepts."""
+        own = FAMILIES[self.family].knob
+        declared: dict[str, list[Knob]] = {}
+        for spec in FAMILIES.values():
+            if spec.knob is not None:
+                declared.setdefault(spec.knob.field, []).append(spec.knob)
+        for name, knobs in declared.items():
+            value = getattr(self, name)
+            if own is not None and own.field == name:
+                own.check(value)
+            elif not any(k.accepts(value) for k in knobs):
+                knobs[0].check(value)
+
+    def resolved_train_loss(self) -> str:
+        return FAMILIES[self.family].default_train_loss if self.train_loss == "auto" else self.train_loss
+
+    def knob(self) -> float | None:
+        """The value of this family's knob, or None if the family has none."""
+        k = FAMILIES[self.family].knob
+        return None if k is None else getattr(self, k.field)
+
+    def with_knob(self, value: float) -> NoiseConfig:
+        """This config with the family's knob set to `value` (ValueError if it has no knob)."""
+        k = FAMILIES[self.family].knob
+        if k is None:
+            raise ValueError(f"noise.family {self.family!r} has no knob to set to {value!r}")
+        return replace(self, **{k.field: value})
+
+
+def build_family(cfg: NoiseConfig, vocab_size: int) -> NoiseFamily:
+    """The family object of `cfg` for V = vocab_size real tokens (imports its module: torch)."""
+    return FAMILIES[cfg.family].load()(cfg, vocab_size)
+
+
+def describe() -> str:
+    """The registry as a table (`python -m trainer.families.registry`)."""
+    rows = [f"{'family':<15} {'causal':<7} {'mask':<5} {'t-cond':<7} {'losses (default)':<17} knob"]
+    for s in FAMILIES.values():
+        losses = f"{','.join(s.train_losses)} ({s.default_train_loss})"
+        knob = "-" if s.knob is None else f"{s.knob.field} in [{s.knob.lo:g}, {s.knob.hi:g}]: {s.knob.label}"
+        rows.append(f"{s.name:<15} {s.causal!s:<7} {s.uses_mask_token!s:<5} "
+                    f"{s.time_cond_default!s:<7} {losses:<17} {knob}")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(describe())

@@ -1,0 +1,52 @@
+"""`plan(config, vocab_size)`: everything a run's config implies before any process, file or MLflow
+run exists: the model shape, the step count its FLOP budget buys, the evaluation steps and the
+parameter counts. Torch-free (like trainer/config.py), so the orchestrator's driver validates and
+orders a sweep's runs with it before Ray starts, and the trainer calls the same function.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from core.flops import flops_for_steps, param_counts, steps_for_budget
+from core.ladder import ModelConfig, model_config
+from trainer.config import RunConfig
+from trainer.families.registry import FAMILIES
+# the metric step unit, so that evaluations never share an MLflow step
+from core.schema import STEP_UNIT, flop_step
+
+
+@dataclass
+class Plan:
+    """Everything derived from the config before any process group, file or MLflow run exists."""
+    cfg: RunConfig
+    run_id: str
+    model_cfg: ModelConfig
+    steps: int
+    flops_per_step: float
+    eval_steps: list[int]
+    n_nonembed: int
+    n_total: int
+
+
+def plan(cfg: RunConfig, vocab_size: int) -> Plan:
+    """The plan of `cfg` on a corpus of `vocab_size` real tokens; ValueError naming the field
+    (train.budget_flops, train.evals) when the budget cannot be met."""
+    if vocab_size < 2:
+        raise ValueError(f"vocab_size must be >= 2, got {vocab_size}")
+    spec = FAMILIES[cfg.noise.family]
+    tc = cfg.train
+    mcfg = model_config(cfg.size, vocab_size=spec.input_vocab_size(vocab_size),
+                        out_vocab_size=vocab_size, seq_len=tc.seq_len, causal=spec.causal,
+                        time_cond=cfg.use_time_cond(), mlp=cfg.mlp)
+    tokens_per_step = tc.batch_size * tc.seq_len
+    try:
+        steps = steps_for_budget(tc.budget_flops, mcfg, tokens_per_step, tc.flop_convention)
+    except ValueError as exc:
+        raise ValueError(f"train.budget_flops: {exc}") from None
+    per_step = flops_for_steps(1, mcfg, tokens_per_step, tc.flop_convention)
+    evals = sorted({0, steps} | {round(k * steps / tc.evals) for k in range(1, tc.evals)})
+    if len({flop_step(s * per_step) for s in evals}) < len(evals):
+        raise ValueError(f"train.evals: {tc.evals} evaluations over {tc.budget_flops:.3g} FLOPs are "
+                         f"closer than 1 {STEP_UNIT} (the metric step unit); use fewer")
+    nonemb, total = param_counts(mcfg)
+    return Plan(cfg, cfg.run_id(), mcfg, steps, per_step, evals, nonemb, total)
