@@ -17,15 +17,7 @@ import json
 from dataclasses import asdict, dataclass
 
 from core import flops
-
-# Default MLP hidden width per kind from (d_model, mlp_ratio). A copy of the rule that
-# trainer.model.transformer.MLP_HIDDEN owns (core must not import the torch-side model);
-# tests/test_flops.py asserts the two agree at every ladder width. Pass --mlp-hidden to override.
-_MLP_HIDDEN = {
-    "gelu": lambda d, r: int(round(r * d)),
-    "swiglu": lambda d, r: (int(round(r * 2 * d / 3)) + 7) // 8 * 8,
-}
-
+from core.ladder import MLP_HIDDEN
 
 @dataclass(frozen=True, kw_only=True)
 class Shape:
@@ -46,8 +38,8 @@ class Shape:
 
 
 def default_mlp_hidden(mlp: str, d_model: int, mlp_ratio: float = 4.0) -> int:
-    """The model's MLP hidden width for a kind, width and ratio (see _MLP_HIDDEN)."""
-    return _MLP_HIDDEN[mlp](d_model, mlp_ratio)
+    """The model's MLP hidden width for a kind, width and ratio (core.ladder.MLP_HIDDEN's rule)."""
+    return MLP_HIDDEN[mlp](d_model, mlp_ratio)
 
 
 def report(shape: Shape, convention: str) -> dict[str, object]:
