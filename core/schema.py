@@ -64,10 +64,9 @@ The sampling stage (in the study's own experiment)
 from __future__ import annotations
 
 import os
-from pathlib import Path
+from core.paths import REPO_ROOT
 
 # --- where the store is ---------------------------------------------------------------------------
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def default_tracking_uri() -> str:

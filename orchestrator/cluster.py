@@ -9,9 +9,10 @@ import os
 import secrets
 import signal
 from contextlib import contextmanager
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from core.paths import REPO_ROOT
+
+REPO = REPO_ROOT
 QUIET_ENV = {
     "DS_ACCELERATOR": "cpu",               # overridden per trial on GPU placements
     "PYTHONWARNINGS": "ignore",

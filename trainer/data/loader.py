@@ -35,6 +35,7 @@ from typing import Iterator
 import numpy as np
 from tokenizers import Tokenizer
 
+from core.paths import REPO_ROOT
 from trainer.data.corpus import (
     CLEANING_VERSION,
     SOURCES,
@@ -49,7 +50,6 @@ from trainer.data.token_cache import TOKENIZER_RECIPE_VERSION, build_cache
 
 log = logging.getLogger(__name__)
 
-_REPO_ROOT = Path(__file__).resolve().parents[2]  # trainer/data/loader.py -> repo root
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -97,7 +97,7 @@ class DataConfig:
     def resolved_cache_dir(self) -> Path:
         if self.cache_dir is not None:
             return Path(self.cache_dir)
-        return Path(os.environ.get("DLM_CACHE_DIR") or _REPO_ROOT / ".cache" / "corpus")
+        return Path(os.environ.get("DLM_CACHE_DIR") or REPO_ROOT / ".cache" / "corpus")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import torch
 
-CACHE = Path(os.environ.get("DLM_CACHE_DIR", Path(__file__).resolve().parents[2] / ".cache")) / "peak_flops.json"
+from core.paths import REPO_ROOT
+
+CACHE = Path(os.environ.get("DLM_CACHE_DIR", REPO_ROOT / ".cache")) / "peak_flops.json"
 
 
 def measure(device: torch.device, dtype: torch.dtype, n: int = 1024, windows: int = 6,
