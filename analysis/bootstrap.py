@@ -203,7 +203,8 @@ class Law:
                 if not mine:
                     object.__setattr__(self, field, its)
                 elif mine != its:
-                    raise ValueError(f"law {self.name!r}: {field} {mine!r} is not its form's {its!r}")
+                    raise ValueError(f"law {self.name!r}: {field} {mine!r} is not its "
+                                     f"form's {its!r}")
         for field in ("name", "formula", "params"):
             if not getattr(self, field):
                 raise ValueError(f"law {self.name or '?'}: {field} is required")
