@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 
 from analysis.frontier import assign_budgets
-from analysis.huber import LAWS
-from analysis.laws import LEVEL, LawFit, TooFewPoints, fit_compute_law
+from analysis.bootstrap import LEVEL, LawFit, TooFewPoints
+from analysis.laws import LAWS, fit_law
 
 _GRID = 2000  # log-spaced C points to locate sign changes; ~250 per decade over 8 decades
 
@@ -84,7 +84,7 @@ def crossover(fa: LawFit, fb: LawFit, c_range: tuple[float, float]) -> Crossover
     lo = hi = np.nan
     frac = 0.0
     if both.any():
-        law = LAWS[fa.law]
+        law = LAWS[fa.law].form
         diff = (law.predict(fa.samples[:n][both], {"C": grid})
                 - law.predict(fb.samples[:n][both], {"C": grid}))
         xb, _, _ = _first_crossing(logc, diff)
@@ -132,7 +132,7 @@ def backtest(final: pd.DataFrame, group: str) -> Backtest:
     held, train = g[np.isclose(budget, top, rtol=1e-9)], g[~np.isclose(budget, top, rtol=1e-9)]
     best = held.loc[held["loss"].idxmin()]
     try:
-        fit = fit_compute_law(train, group, n_boot=0)
+        fit = fit_law("compute", train, group, n_boot=0)
     except TooFewPoints as e:
         raise TooFewPoints(f"backtest {e} once the largest budget ({top:.3g}) is held out") from e
     return Backtest(group=group, held_out_budget=float(top), C=float(best["C"]),

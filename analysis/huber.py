@@ -1,11 +1,13 @@
-"""Law forms and the Huber fitting engine shared by every law (Chinchilla "approach 3").
+"""The law form and the Huber fitting engine shared by every law of loss (Chinchilla "approach 3").
+
+The forms themselves are the laws' (analysis/laws.py, LAWS); this module only fits them.
 
 Recipe (Hoffmann et al. 2022 §D.2, as Besiroglu et al. 2024 "Chinchilla Scaling: A replication
 attempt" (Epoch AI) run it): minimise Σ_i w_i · Huber_δ(log L̂_i − log L_i) with δ = 1e-3 by
 L-BFGS-B started from a grid of initial values, keep the best. δ = 1e-3 is far below the ~1e-2
 scatter of log losses, so the loss is nearly L1: robust to the odd bad run.
 
-Every law here is a sum of positive power-law terms, L = Σ_j c_j · Π X_f^(−e_j), so one vectorised
+Every form is a sum of positive power-law terms, L = Σ_j c_j · Π X_f^(−e_j), so one vectorised
 objective serves all of them. Fitting happens in "fit space": features are centred, x = ln(X/X0)
 with X0 the data's geometric mean (ln C itself is ~35–50 while it varies by ~10, so uncentred
 coefficients would be exp(±15)-sized and correlated with the exponents), coefficients are logs
@@ -70,10 +72,6 @@ class LawForm:
     formula: str
     terms: tuple[Term, ...]
     params: tuple[str, ...]
-    derived: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] = lambda p: {}
-    """Derived quantities from natural parameters (arrays over bootstrap draws)."""
-    derived_from: tuple[str, ...] = ()
-    """The parameters ``derived`` reads: a derived quantity is only as identified as they are."""
 
     @property
     def features(self) -> tuple[str, ...]:
@@ -110,25 +108,6 @@ class LawForm:
                 value = value * feats[term.feature] ** (-params[..., ei][expand])
             out = out + value
         return out
-
-
-def _chinchilla_derived(p: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    # Minimising A/N^α + B/D^β subject to C = 6·N·D gives N* ∝ C^(β/(α+β)), D* ∝ C^(α/(α+β))
-    # (Hoffmann et al. 2022, eq. 4).
-    s = p["alpha"] + p["beta"]
-    return {"a_N": p["beta"] / s, "b_D": p["alpha"] / s}
-
-
-LAWS: dict[str, LawForm] = {
-    law.name: law for law in (
-        LawForm(name="compute", formula="L(C) = A·C^-beta + B",
-                terms=(Term("A", "beta", "C"), Term("B")), params=("A", "beta", "B")),
-        LawForm(name="chinchilla", formula="L(N, D) = E + A/N^alpha + B/D^beta",
-                terms=(Term("E"), Term("A", "alpha", "N"), Term("B", "beta", "D")),
-                params=("E", "A", "alpha", "B", "beta"), derived=_chinchilla_derived,
-                derived_from=("alpha", "beta")),
-    )
-}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -19,6 +19,8 @@ from analysis.study import GroupFit, StudyFit
 _DPI = 120
 NELBO_LABEL = "validation NELBO (nats/token)"
 """y label of our own runs' loss; a table from elsewhere is labelled plainly "loss"."""
+LOSS_VS_COMPUTE = "compute"
+"""The law (laws.LAWS) the loss-vs-compute figures draw: L(C), a law of loss in C alone."""
 _BUDGET_CMAP = "viridis"  # sequential: budget order reads as colour order, never repeats
 
 
@@ -45,10 +47,11 @@ def _c_grid(study: StudyFit) -> np.ndarray:
 
 
 def _draw_law(ax, g: GroupFit, grid: np.ndarray, color, label: str) -> None:
-    if g.compute is None:
+    fit = g.law(LOSS_VS_COMPUTE)
+    if fit is None:
         return
-    ax.plot(grid, g.compute.predict(C=grid), color=color, lw=1.5, label=label)
-    lo, hi = g.compute.band(C=grid)
+    ax.plot(grid, fit.predict(C=grid), color=color, lw=1.5, label=label)
+    lo, hi = fit.band(C=grid)
     if np.isfinite(lo).all():
         ax.fill_between(grid, lo, hi, color=color, alpha=0.2, lw=0)
 
@@ -67,13 +70,14 @@ def plot_group(g: GroupFit, study: StudyFit, final: pd.DataFrame, runs: pd.DataF
     ax.scatter(pts["C"], pts["loss"], s=12, color="0.45", label="final evaluations", zorder=2)
     ax.plot(g.frontier.C, g.frontier.loss, "o-", color="C3", ms=5, lw=1, label="Pareto frontier",
             zorder=3)
-    if g.compute is not None:
-        p = g.compute.params
+    fit = g.law(LOSS_VS_COMPUTE)
+    if fit is not None:
+        p = fit.params
         label = (f"A·C^-β + B: β={p['beta'].value:.3g}, B={p['B'].value:.3g} "
                  f"(95% band)")
         _draw_law(ax, g, _c_grid(study), "C0", label)
-        if g.compute.flags:
-            ax.text(0.02, 0.02, _unidentified(g.compute), transform=ax.transAxes, fontsize=7,
+        if fit.flags:
+            ax.text(0.02, 0.02, _unidentified(fit), transform=ax.transAxes, fontsize=7,
                     color="C3", va="bottom")
     _loss_axis(ax)
     ax.set(xscale="log", xlabel="training compute C (FLOPs)",
@@ -90,9 +94,10 @@ def plot_pareto(study: StudyFit, path: Path, loss_label: str = NELBO_LABEL) -> P
     for i, g in enumerate(study.groups):
         color = f"C{i % 10}"
         ax.plot(g.frontier.C, g.frontier.loss, "o", color=color, ms=4)
-        _draw_law(ax, g, grid, color, g.group + (" (" + _unidentified(g.compute) + ")"
-                                                 if g.compute and g.compute.flags else ""))
-        if g.compute is None:
+        fit = g.law(LOSS_VS_COMPUTE)
+        _draw_law(ax, g, grid, color, g.group + (" (" + _unidentified(fit) + ")"
+                                                 if fit and fit.flags else ""))
+        if fit is None:
             ax.plot(g.frontier.C, g.frontier.loss, "-", color=color, lw=1,
                     label=f"{g.group} (no fit)")
     for x in study.crossovers:
@@ -154,9 +159,10 @@ def plot_residuals(study: StudyFit, path: Path) -> Path:
     fig = Figure(figsize=(6.4, 4.2))
     ax = fig.subplots()
     for i, g in enumerate(study.groups):
-        if g.compute is None:
+        fit = g.law(LOSS_VS_COMPUTE)
+        if fit is None:
             continue
-        res = np.log(g.compute.predict(C=g.frontier.C)) - np.log(g.frontier.loss)
+        res = np.log(fit.predict(C=g.frontier.C)) - np.log(g.frontier.loss)
         ax.plot(g.frontier.C, res, "o-", color=f"C{i % 10}", ms=4, lw=0.8, label=g.group)
     ax.axhline(0, color="k", lw=0.8)
     ax.set(xscale="log", xlabel="training compute C (FLOPs)", ylabel="ln L̂ − ln L",

@@ -7,8 +7,8 @@ import dataclasses
 import numpy as np
 import pandas as pd
 
-from analysis.huber import LAWS
-from analysis.laws import EXTRAPOLATE, LawFit
+from analysis.bootstrap import LawFit
+from analysis.laws import EXTRAPOLATE, LAWS
 from analysis.study import GroupFit, StudyFit, nan_to_none
 
 FITS_COLUMNS = ("group", "law", "quantity", "estimate", "lo", "hi", "n_points", "n_boot", "flag")
@@ -22,10 +22,6 @@ def _law_rows(fit: LawFit) -> list[dict]:
             for name, e in {**fit.params, **fit.derived}.items()]
 
 
-def _laws(g: GroupFit) -> list[LawFit]:
-    return [f for f in (g.compute, g.chinchilla, g.allocation) if f is not None]
-
-
 def fits_table(study: StudyFit) -> pd.DataFrame:
     """Long table, one row per (group, law, quantity): ``FITS_COLUMNS``.
 
@@ -34,7 +30,7 @@ def fits_table(study: StudyFit) -> pd.DataFrame:
     """
     rows = []
     for g in study.groups:
-        for fit in _laws(g):
+        for fit in g.laws.values():
             rows += _law_rows(fit)
         if g.backtest:
             b = g.backtest
@@ -55,8 +51,7 @@ def _estimate(e) -> dict:
 
 def fits_json(study: StudyFit) -> dict:
     def law(fit: LawFit) -> dict:
-        return {"formula": LAWS[fit.law].formula if fit.law in LAWS else
-                "N*(C) = k_N·C^a, D*(C) = k_D·C^b",
+        return {"formula": LAWS[fit.law].formula,
                 "params": {k: _estimate(v) for k, v in fit.params.items()},
                 "derived": {k: _estimate(v) for k, v in fit.derived.items()},
                 "identified": fit.identified,
@@ -68,7 +63,7 @@ def fits_json(study: StudyFit) -> dict:
             "family": g.family, "knob": g.knob, "n_runs": g.n_runs,
             "frontier": {"C": g.frontier.C.tolist(), "loss": g.frontier.loss.tolist(),
                          "run_id": list(g.frontier.run_id)},
-            "laws": {f.law: law(f) for f in _laws(g)},
+            "laws": {name: law(f) for name, f in g.laws.items()},
             "isoflops": [{"budget": c.budget, "n_opt": c.n_opt, "d_opt": c.d_opt, "flag": c.flag,
                           "N": c.N.tolist(), "loss": c.loss.tolist()} for c in g.isoflops],
             "backtest": ({**dataclasses.asdict(g.backtest), "error": g.backtest.error}
@@ -90,27 +85,37 @@ def _cell(fit: LawFit | None, name: str, spec: str = ".3g") -> str:
     return est.fmt(spec) if est else "-"
 
 
+_TABLED = ("compute", "allocation", "chinchilla")
+"""Laws the printout's two tables show; every other law in LAWS gets a table of its own."""
+
+
 def format_table(study: StudyFit) -> str:
     """The CLI's printout: one row per group, then crossovers, flags and drop counts."""
     top = max(EXTRAPOLATE)
     rows = [("group", "runs", "A", "beta", "B", f"L@{top:g}x", "N*~C^a", "D*~C^b", "backtest")]
     for g in study.groups:
         bt = f"{g.backtest.error:+.2%}" if g.backtest else "-"
-        rows.append((g.group, str(g.n_runs), _cell(g.compute, "A"), _cell(g.compute, "beta"),
-                     _cell(g.compute, "B"), _cell(g.compute, f"L@{top:g}x"),
-                     _cell(g.allocation, "a"), _cell(g.allocation, "b"), bt))
+        compute, allocation = g.law("compute"), g.law("allocation")
+        rows.append((g.group, str(g.n_runs), _cell(compute, "A"), _cell(compute, "beta"),
+                     _cell(compute, "B"), _cell(compute, f"L@{top:g}x"),
+                     _cell(allocation, "a"), _cell(allocation, "b"), bt))
     rows2 = [("group", "E", "alpha", "beta", "a_N=b/(a+b)", "b_D=a/(a+b)")]
     for g in study.groups:
-        rows2.append((g.group, *(_cell(g.chinchilla, k) for k in
+        rows2.append((g.group, *(_cell(g.law("chinchilla"), k) for k in
                                   ("E", "alpha", "beta", "a_N", "b_D"))))
     out = [f"L(C) = A*C^-beta + B on each frontier (C in FLOPs, L in nats/token), "
            f"95% bootstrap intervals over runs ({study.n_boot} draws); N*, D* from isoFLOP minima",
            _grid(rows), "", "L(N, D) = E + A/N^alpha + B/D^beta", _grid(rows2), ""]
+    for name, law in LAWS.items():     # any other registered law: a table of its parameters
+        if name not in _TABLED:
+            rows3 = [("group", *law.params)] + [
+                (g.group, *(_cell(g.law(name), k) for k in law.params)) for g in study.groups]
+            out += [law.formula, _grid(rows3), ""]
     out += ["crossovers:"] + [f"  {x.message}" for x in study.crossovers] if study.crossovers \
         else ["crossovers: none (fewer than two groups with an L(C) fit)"]
     notes = [m for g in study.groups for m in g.messages]
-    notes += [f"{g.group} {LAWS[f.law].formula if f.law in LAWS else f.law}: {k} {why}"
-              for g in study.groups for f in _laws(g) for k, why in f.flags.items()]
+    notes += [f"{g.group} {LAWS[f.law].formula}: {k} {why}"
+              for g in study.groups for f in g.laws.values() for k, why in f.flags.items()]
     if notes:
         out += ["", "notes:"] + [f"  {m}" for m in notes]
     d = study.dropped

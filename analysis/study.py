@@ -13,9 +13,9 @@ import pandas as pd
 from analysis.compare import Backtest, Crossover, backtest, crossover
 from analysis.frontier import (C_BIN_TOL_DEX, MIN_SIZES_PER_CURVE, Frontier, IsoFlopCurve,
                                assign_budgets, isoflop_curves, pareto_frontier)
+from analysis.bootstrap import GroupData, LawFit, TooFewPoints
 from analysis.huber import single_threaded_blas
-from analysis.laws import (EXTRAPOLATE, LawFit, TooFewPoints, fit_allocation, fit_chinchilla,
-                           fit_compute_law)
+from analysis.laws import EXTRAPOLATE, LAWS
 from analysis.load import DropCounts
 from analysis.schema import AnalysisError
 
@@ -30,14 +30,17 @@ class GroupFit:
     n_runs: int
     frontier: Frontier
     isoflops: tuple[IsoFlopCurve, ...]
-    compute: LawFit | None
-    """L(C) on the frontier; None (with a message) when there are too few frontier points."""
-    chinchilla: LawFit | None
-    allocation: LawFit | None
-    """Approach 2: N*(C), D*(C) from isoFLOP minima."""
+    laws: dict[str, LawFit]
+    """The laws.LAWS that could be fitted, in LAWS order; a missing one has a message."""
     backtest: Backtest | None
     messages: tuple[str, ...]
     """Why a law is missing, and every flagged isoFLOP curve."""
+
+    def law(self, name: str) -> LawFit | None:
+        """The group's fit of law ``name`` (a key of laws.LAWS), None if it could not be fitted."""
+        if name not in LAWS:
+            raise KeyError(f"law {name!r} is unknown; known: {', '.join(LAWS)}")
+        return self.laws.get(name)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -55,7 +58,7 @@ class StudyFit:
 
     @property
     def any_law(self) -> bool:
-        return any(g.compute or g.chinchilla or g.allocation for g in self.groups)
+        return any(g.laws for g in self.groups)
 
 
 def select_groups(final: pd.DataFrame, families: list[str] | None = None) -> list[str]:
@@ -93,24 +96,22 @@ def fit_group(final: pd.DataFrame, group: str, *, n_boot: int, seed: int,
     # curves, their bootstrap and the backtest all see the same budgets.
     g = g.assign(budget=assign_budgets(g, c_bin_tol).to_numpy())
     messages: list[str] = []
-    curves = isoflop_curves(g, group)
+    curves = tuple(isoflop_curves(g, group))
+    # Not an isoFLOP grid (e.g. one run per budget): the allocation law's one note says so, not
+    # one flag per budget.
     if any(len(c.N) >= MIN_SIZES_PER_CURVE for c in curves):
         messages += [c.flag for c in curves if c.flag]
-        allocation = _attempt(lambda: fit_allocation(g, group, curves, n_boot=n_boot, seed=seed),
-                              messages)
-    else:  # not an isoFLOP grid (e.g. one run per budget): one note, not one flag per budget
-        messages.append(f"{group}: no budget has >= {MIN_SIZES_PER_CURVE} sizes, so no isoFLOP "
-                        "curves and no N*(C), D*(C)")
-        allocation = None
-    compute = _attempt(lambda: fit_compute_law(g, group, n_boot=n_boot, seed=seed), messages)
+    data = GroupData(g, group, curves)
+    laws = {}
+    for name, law in LAWS.items():
+        fit = _attempt(lambda: law.fit(data, n_boot=n_boot, seed=seed), messages)
+        if fit is not None:
+            laws[name] = fit
     return GroupFit(
         group=group, family=str(g["family"].iloc[0]), knob=float(g["knob"].iloc[0]),
-        n_runs=len(g), frontier=pareto_frontier(g, group), isoflops=tuple(curves),
-        compute=compute,
-        chinchilla=_attempt(lambda: fit_chinchilla(g, group, n_boot=n_boot, seed=seed), messages),
-        allocation=allocation,
+        n_runs=len(g), frontier=pareto_frontier(g, group), isoflops=curves, laws=laws,
         # Without an L(C) on all the data there is nothing to backtest (and its message says why).
-        backtest=_attempt(lambda: backtest(g, group), messages) if compute else None,
+        backtest=_attempt(lambda: backtest(g, group), messages) if "compute" in laws else None,
         messages=tuple(messages),
     )
 
@@ -128,8 +129,9 @@ def fit_study(final: pd.DataFrame, dropped: DropCounts = DropCounts(), *,
                  for g in groups)
     used = final[final["group"].isin(groups)]
     c_range = (float(used["C"].min()), float(used["C"].max()) * max(EXTRAPOLATE))
-    crossings = tuple(crossover(a.compute, b.compute, c_range)
-                      for a, b in itertools.combinations(fits, 2) if a.compute and b.compute)
+    crossings = tuple(crossover(a.law("compute"), b.law("compute"), c_range)
+                      for a, b in itertools.combinations(fits, 2)
+                      if a.law("compute") and b.law("compute"))
     return StudyFit(groups=fits, crossovers=crossings, dropped=dropped, n_boot=n_boot, seed=seed,
                     c_range=c_range)
 

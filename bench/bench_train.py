@@ -7,7 +7,7 @@ One process, one table, every number measured in this run:
 
 - step time of the same model (same seed, same fp32 init; first-step losses are checked equal) on
   the same batches (8 x 128 tokens, masked family), under (a) a plain PyTorch loop: Transformer +
-  torch AdamW (the engine's param groups, foreach=False) + LambdaLR + `objective.batch_loss` +
+  the engine's AdamW + LambdaLR (`engine.build_optimizer`) + `objective.batch_loss` +
   clip_grad_norm_, on torch's own F.linear; (b) the DeepSpeed engine exactly as trainer/job/engine.py
   builds it (`placement`, `init_distributed`, `build_engine`; one launcher-less process) at ZeRO-0
   and ZeRO-3, and (unless --no-baseline) ZeRO-3 without leaf blocks, the setting before this bench.
@@ -36,7 +36,7 @@ import torch
 
 from trainer.config import EngineConfig, RunConfig, TrainConfig
 from trainer.data.loader import DataConfig, load_corpus, sample_batch
-from trainer.job.engine import build_engine, ds_config, init_distributed, lr_lambda, placement
+from trainer.job.engine import build_engine, build_optimizer, ds_config, init_distributed, placement
 from core.flops import mfu, train_flops_per_token
 from core.ladder import LADDER, model_config
 from trainer.model.transformer import Transformer
@@ -90,15 +90,10 @@ class Timings:
 # --- steppers: each builds its own model from the same seed and returns step(i) -> loss ---------
 
 def plain_stepper(mcfg, tc: TrainConfig, family, batches, total_steps: int):
-    """Reference loop: no DeepSpeed. Same optimizer (param groups, foreach=False), schedule, clip."""
+    """Reference loop: no DeepSpeed. The engine's optimizer and schedule (build_optimizer), clip."""
     torch.manual_seed(tc.seed)
     model = Transformer(mcfg)
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}],
-                            lr=tc.lr, betas=(tc.beta1, tc.beta2), foreach=False)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(tc, total_steps))
+    opt, sched = build_optimizer(model, tc, total_steps)
     model.train()
 
     def step(i: int) -> float:

@@ -6,8 +6,9 @@
     search_space("hparams")                        # Optuna space over each hparams base config
 
 The orchestrator calls `expand` before Ray starts: unknown sweep, preset, family or size names
-raise ValueError naming them. Choices live in sweeps/recipe.py (one Recipe per preset), the
-mechanics in sweeps/grid.py, the sweeps themselves in sweeps/catalog.py.
+raise ValueError naming them. Choices live in sweeps/recipe.py (one Recipe per preset, its sweeps
+records: name, grid, optional shape and search), the mechanics in sweeps/grid.py, the registry
+(SWEEPS) and search spaces in sweeps/catalog.py.
 """
 from __future__ import annotations
 

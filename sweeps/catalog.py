@@ -1,60 +1,39 @@
-"""The sweeps: pure functions `sweep(recipe, **selection) -> list[RunConfig]`, and the registry.
+"""The sweeps: `sweep_runs(recipe, name, **selection) -> list[RunConfig]`, and the registry.
 
-Each reads its own Grid (and Shape) from the preset's Recipe; `selection` (sizes, budgets,
-families, knobs: None = the recipe's) comes from the command line. No Ray, no I/O, no clock.
+A sweep is a record of the preset's Recipe (recipe.Sweep: name, grid, optional own shape, optional
+search; what each one studies is said where LAPTOP defines it), and every sweep expands the same
+way: budget -> family -> knob -> size (sweeps/grid.py). `selection` (sizes, budgets, families,
+knobs: None = the recipe's) comes from the command line. No Ray, no I/O, no clock.
 """
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from trainer.config import RunConfig
 from sweeps.grid import grid_runs, select
-from sweeps.recipe import Recipe
+from sweeps.recipe import DEFAULT_PRESET, PRESETS, Recipe, Search
 
 
-def compute_bound(recipe: Recipe, **selection) -> list[RunConfig]:
-    """IsoFLOP study: per budget, ladder sizes on both sides of the compute-optimal size, for every
-    family (and interpolating knob); the budget and size fix the tokens."""
-    return grid_runs("compute_bound", recipe.shape, select(recipe.compute_bound, **selection),
+def sweep_runs(recipe: Recipe, name: str, **selection) -> list[RunConfig]:
+    """Every run of the recipe's sweep `name` (ValueError naming an unknown one), with the
+    command-line selection replacing the grid's fields."""
+    sweep = recipe.sweep(name)
+    return grid_runs(name, recipe.shape_of(name), select(sweep.grid, **selection),
                      recipe.tokens_per_param)
 
 
-def data_bound(recipe: Recipe, **selection) -> list[RunConfig]:
-    """Token-bound regime (2512.10858): a fixed pool of unique tokens (train.data_pool_tokens),
-    repeated for as many epochs as the budget needs, with the model size growing with the budget."""
-    return grid_runs("data_bound", recipe.shape, select(recipe.data_bound, **selection),
-                     recipe.tokens_per_param)
-
-
-def noise_sweep(recipe: Recipe, **selection) -> list[RunConfig]:
-    """The interpolating family's uniform_share from 0 (masked noise) to 1 (uniform) at fixed
-    sizes and budgets."""
-    return grid_runs("noise_sweep", recipe.shape, select(recipe.noise_sweep, **selection),
-                     recipe.tokens_per_param)
-
-
-def hparams(recipe: Recipe, **selection) -> list[RunConfig]:
-    """Base configs (size x budget x family) of the LR x batch search; the points come from Optuna
-    over `search_space("hparams", ...)` (the orchestrator applies them with SearchSpace.apply)."""
-    return grid_runs("hparams", recipe.shape, select(recipe.hparams, **selection),
-                     recipe.tokens_per_param)
-
-
-def smoke(recipe: Recipe, **selection) -> list[RunConfig]:
-    """Seconds per run, for tests and end-to-end checks (the recipe's smoke grid and shape)."""
-    return grid_runs("smoke", recipe.smoke_shape, select(recipe.smoke, **selection),
-                     recipe.tokens_per_param)
+def _names() -> list[str]:
+    """Every preset's sweep names, the default preset's order first."""
+    order = [DEFAULT_PRESET] + [p for p in PRESETS if p != DEFAULT_PRESET]
+    return list(dict.fromkeys(s.name for p in order for s in PRESETS[p].sweeps))
 
 
 SWEEPS: dict[str, Callable[..., list[RunConfig]]] = {
-    "compute_bound": compute_bound,
-    "data_bound": data_bound,
-    "noise_sweep": noise_sweep,
-    "hparams": hparams,
-    "smoke": smoke,
-}
+    name: functools.partial(sweep_runs, name=name) for name in _names()}
+"""name -> sweep(recipe, **selection) -> list[RunConfig]."""
 
 
 @dataclass(frozen=True)
@@ -98,10 +77,13 @@ class SearchSpace:
         return out
 
 
+def space(search: Search) -> SearchSpace:
+    """The SearchSpace of a recipe's Search: log-uniform LR, a choice of batch sizes."""
+    return SearchSpace(params={"train.lr": ("loguniform", search.lr[0], search.lr[1]),
+                               "train.batch_size": ("choice", tuple(search.batch_sizes))},
+                       metric=search.metric, mode=search.mode, num_samples=search.num_samples)
+
+
 def search_spaces(recipe: Recipe) -> dict[str, SearchSpace]:
-    """Search spaces of the sweeps that have one (hparams), built from the recipe's Search."""
-    s = recipe.search
-    return {"hparams": SearchSpace(
-        params={"train.lr": ("loguniform", s.lr[0], s.lr[1]),
-                "train.batch_size": ("choice", tuple(s.batch_sizes))},
-        metric=s.metric, mode=s.mode, num_samples=s.num_samples)}
+    """Search spaces of the recipe's sweeps that have one."""
+    return {s.name: space(s.search) for s in recipe.sweeps if s.search is not None}

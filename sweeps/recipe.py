@@ -5,49 +5,15 @@ per budget around the compute-optimal one, families and interpolating knob value
 sequence length, LR (per width), warmup, evaluations, engine settings, vocabulary. Nothing here
 counts FLOPs or builds a RunConfig: FLOP arithmetic is core/flops.py (MECHANICS), picking the
 sizes around f* and building the configs is sweeps/grid.py (MECHANICS). Every value of a preset
-below is a recipe choice; `# RECIPE:` comments give the reason where it is not obvious. The
-dataclasses (Shape, Grid, Search, Recipe) only validate; CPU_TOKENS_PER_S is measurement, not choice.
+below is a recipe choice; `# RECIPE:` comments give the reason in one line where it is not
+obvious, and docs/recipe_calibration.md the measurements and arithmetic behind them. The
+dataclasses (Shape, Grid, Search, Sweep, Recipe) only validate; CPU_TOKENS_PER_S is measurement,
+not choice.
 
 Presets: LAPTOP (the default: 2 CPU cores, <= 60 min for compute_bound), QUICK (<= 15 min,
-autoregressive + masked), CLUSTER (GPUs, budgets 1e17-1e20). Every sweep reads its own `Grid` of
-the preset; `smoke` also has its own run `Shape` (seconds per run, for tests).
-
-Calibration of LAPTOP / QUICK (measured here, November 2026, for sizing the presets; the
-orchestrator's dry run measures its own throughput for the ETA it prints). Training tokens/s of the
-plain loop (trainer.job.objective.batch_loss + AdamW + grad clip), 1 thread, batch 8 x 128, BPE 512,
-fp32; median of 3 repetitions, each the median of 25 timed steps after 5 warm-up steps, measured
-one process at a time on the shared 2-core machine:
-
-    size      FLOPs/token | autoregressive  masked  uniform  interpolating | GFLOP/s (AR)
-    L2-d24       2.30e5   |      76.3k      79.9k    53.7k      51.8k     |   18
-    L2-d32       3.44e5   |      65.2k      66.5k    46.4k      46.1k     |   22
-    L2-d48       6.27e5   |      67.3k      71.5k    46.7k      45.3k     |   42
-    L2-d64       9.83e5   |      48.9k      49.6k    36.2k      38.1k     |   48
-    L3-d80       2.00e6   |      28.1k      28.2k    23.1k      23.5k     |   56
-    L3-d96       2.73e6   |      24.1k      23.5k    20.1k      19.6k     |   66
-    L4-d128      5.90e6   |      12.4k      12.6k    10.5k      10.5k     |   73
-
-(`CPU_TOKENS_PER_S` below holds the same numbers; tests/test_sweeps.py redoes the wall-time
-arithmetic with them, so a recipe edit that breaks the time limits fails a test.)
-Uniform and interpolating are ~1.3-1.5x slower per token at small widths (their ELBO works on
-(B, T, V) tensors; masked and AR train on a cross-entropy). bench/bench_train.py measured the
-DeepSpeed engine at 1.06x the plain loop at ZeRO-0 and 1.43x at ZeRO-3 for L2-d32 / L2-d64
-(1 thread): with one rank per trial ZeRO-3 partitions nothing and only adds gather hooks, hence
-`zero_stage=0` in the CPU presets.
-
-Wall-time arithmetic (sum over runs of budget / (FLOPs/token x tokens/s), + 10% for evaluations,
-+ 8 s start-up per trial, divided by 2 one-thread slots):
-
-    LAPTOP compute_bound  80 runs (4 AR + 6 masked + 5 uniform + 5 interpolating sizes per budget);
-                          training 765 + 975 + 1304 + 1518 = 4562 s at budgets 6e11, 8e11,
-                          1.07e12, 1.43e12; (4562 x 1.1 + 80 x 8) / 2 = 2829 s = 47 min
-                          (the 64-run third design was 47.7 min here and 41.3 min for real; the
-                          second, D/N 125 at 8e11-2.7e12, 47 min here and 45 min for real; see
-                          LAPTOP_TOKENS_PER_PARAM for why each was replaced)
-    QUICK compute_bound   30 runs; training 143 + 257 + 456 = 856 s at 2.5e11, 5e11, 1e12;
-                          (856 x 1.1 + 30 x 8) / 2 = 591 s = 9.8 min
-    LAPTOP data_bound 27 runs 15 min, noise_sweep 15 runs 7 min, hparams 4 bases x 8 trials
-    12 min (at batch 8), smoke 6 runs ~0.8 min (3-8 s of training each).
+autoregressive + masked), CLUSTER (GPUs, budgets 1e17-1e20). A recipe's sweeps are records
+(`Sweep`: name, grid, optional own run shape, optional search); a new sweep is one more record
+(every preset has the same sweeps, in the same order: tests/test_sweeps.py checks it).
 """
 from __future__ import annotations
 
@@ -61,17 +27,10 @@ from trainer.families.registry import FAMILIES
 
 ALL_FAMILIES = tuple(FAMILIES)   # every registered family, in registry order (the baseline first)
 
-# Calibration data (measured, see the module docstring): training tokens/s per size and family,
-# plain loop, 1 thread, batch 8 x 128, BPE 512. Not used to build runs; tests check the presets'
-# time limits with it.
+# Calibration data (measured; how: docs/recipe_calibration.md): training tokens/s per size and
+# family, plain loop, 1 thread, batch 8 x 128, BPE 512. Not used to build runs; tests check the
+# presets' time limits with it.
 CPU_TOKENS_PER_S: dict[str, dict[str, float]] = {
-    # L1-d16, L2-d16 (added with LAPTOP_TOKENS_PER_PARAM) and every uniform / interpolating entry
-    # (re-measured after their fused NELBO, trainer/families/qhat.py, 1.0-1.8x faster at widths <= 48):
-    # measured the same way in a later session and scaled by that session's ratio to the rows'
-    # masked entries (1.03-1.13). Every masked entry: the earlier measurement x the speed-up of
-    # computing logits only at masked positions (NoiseFamily.scored_positions), the lower of two
-    # runs of bench/bench_tokens.py (1.61-1.89x at widths 8-12, 1.5 at 16, 1.2-1.35 at 24-64,
-    # 1.05-1.09 at 80-128).
     "L1-d8": {"autoregressive": 171.1e3, "masked": 312.5e3, "uniform": 135.1e3, "interpolating": 121.5e3},
     "L1-d12": {"autoregressive": 171.9e3, "masked": 353.0e3, "uniform": 143.2e3, "interpolating": 139.7e3},
     "L1-d16": {"autoregressive": 130e3, "masked": 202.5e3, "uniform": 137.8e3, "interpolating": 132.1e3},
@@ -211,7 +170,7 @@ class Grid:
 
 @dataclass(frozen=True, kw_only=True)
 class Search:
-    """The hparams sweep's search space (Optuna through Ray Tune), per base config."""
+    """An LR x batch search (Optuna through Ray Tune) around each base config of a sweep."""
     lr: tuple[float, float]
     """Log-uniform range of the peak LR."""
     batch_sizes: tuple[int, ...]
@@ -223,25 +182,63 @@ class Search:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Sweep:
+    """One sweep of a recipe: its runs (grid), how they train, an optional search around them."""
+    name: str
+    """The sweep's name: RunConfig.sweep and the MLflow experiment of its runs."""
+    grid: Grid
+    shape: Shape | None = None
+    """How its runs train; None = the recipe's shape."""
+    search: Search | None = None
+    """Set: the grid's runs are base configs whose points an optimiser proposes
+    (catalog.SearchSpace)."""
+
+    def __post_init__(self):
+        if not self.name:
+            raise ValueError("sweep name must be non-empty")
+
+
+@dataclass(frozen=True, kw_only=True)
 class Recipe:
     name: str
     shape: Shape
     tokens_per_param: float = 20.0
     """RECIPE: Chinchilla's D = 20 N, applied to all training FLOPs (f* = 6 sqrt(C / 120))."""
-    compute_bound: Grid
-    data_bound: Grid
-    noise_sweep: Grid
-    hparams: Grid
-    search: Search
-    smoke: Grid
-    smoke_shape: Shape
+    sweeps: tuple[Sweep, ...]
+    """The preset's sweeps, in the order `sweeps.SWEEPS` lists them."""
+
+    def __post_init__(self):
+        object.__setattr__(self, "sweeps", tuple(self.sweeps))
+        names = [s.name for s in self.sweeps]
+        if not names or len(set(names)) != len(names):
+            raise ValueError(f"recipe {self.name!r}: sweeps must be non-empty and distinct: "
+                             f"{names}")
+
+    def sweep(self, name: str) -> Sweep:
+        """The named sweep; ValueError naming an unknown one."""
+        for s in self.sweeps:
+            if s.name == name:
+                return s
+        known = ", ".join(s.name for s in self.sweeps)
+        raise ValueError(f"sweep {name!r} is unknown; known: {known}")
+
+    def shape_of(self, name: str) -> Shape:
+        """How the runs of sweep `name` train: its own shape, else the recipe's."""
+        return self.sweep(name).shape or self.shape
+
+    def with_sweeps(self, *sweeps: Sweep, **changes) -> "Recipe":
+        """This recipe with `changes` to its fields and these sweeps replacing its sweeps of the
+        same name (in place; a new name is appended)."""
+        new = {s.name: s for s in sweeps}
+        kept = tuple(new.pop(s.name, s) for s in self.sweeps)
+        return dataclasses.replace(self, sweeps=kept + tuple(new.values()), **changes)
 
 
 # ------------------------------------------------------------------------------------------------
 # LAPTOP: 2 CPU cores, two one-thread trials at a time.
 # ------------------------------------------------------------------------------------------------
 CPU_ENGINE = EngineConfig(device="cpu", precision="fp32", threads=1,  # RECIPE: 2 slots x 1 thread
-                          zero_stage=0)  # RECIPE: 1 rank per trial; ZeRO-3 costs 1.43x (above)
+                          zero_stage=0)  # RECIPE: 1 rank per trial; ZeRO-3 costs 1.43x (see docs/)
 
 LAPTOP_SHAPE = Shape(
     vocab_size=512,            # RECIPE: 2048 barely lets diffusion learn at laptop budgets (STACK)
@@ -258,24 +255,9 @@ LAPTOP_SHAPE = Shape(
 SMOKE_SHAPE = dataclasses.replace(   # RECIPE: seconds per run (tests, end-to-end checks)
     LAPTOP_SHAPE, seq_len=64, evals=4, eval_seqs=16, eval_t_repeats=1, min_steps=30)
 
-# RECIPE: where each family's isoFLOP minimum sat in the real laptop studies (November 2026, 2
-# cores). Centred on Chinchilla's f* = 6 sqrt(C / 120) at 1e12-4e12 FLOPs, the first study found the
-# autoregressive minima at ~0.5-1x f* and uniform / interpolating at or below the smallest size
-# (<= 0.25-0.5x f*). Centred on 0.4x f* (D/N = 125) at 8e11-2.7e12, the second found autoregressive
-# interior at all 4 budgets (0.3-0.7x f*) and the diffusion minima again mostly at the smallest size;
-# 1-layer probes at 8e11 then bracketed them (uniform: L1-d8 4.891, L1-d12 4.813, L1-d16 4.549,
-# L2-d16 4.615 nats; masked: 4.870, 4.759, 4.940, 4.945): ~0.15-0.3x f*, D/N ~ 600 (f* scales as
-# 1/sqrt(D/N)). At these budgets a diffusion model must train for many steps before it leaves the
-# unigram plateau, so the smallest models that can hold bigram statistics win.
-# The third study (D/N 600 for all diffusion, 4 sizes, 6e11-1.43e12) had 11 of 16 curves interior
-# and located the minima: masked at L1-d12 at every budget (its 4-size curves at 1.07e12 and 1.43e12
-# started at L1-d12: no room below); uniform / interpolating at L1-d16 .. L2-d24, i.e. D/N ~ 200-600,
-# but with 0.05-0.1-nat zigzags next to flat bottoms. Probes at the new grid ends (November 2026):
-# masked L1-d8 4.898 at 1.07e12 and 4.869 at 1.43e12 (vs L1-d12 4.655 / 4.613); uniform L2-d24 5.092
-# and L2-d32 5.272 at 6e11, L2-d32 4.720 at 1.43e12 (vs L2-d24 4.409); interpolating L2-d24 4.971
-# and L2-d32 5.184 at 6e11, L2-d32 4.771 at 1.43e12 (vs L2-d16 4.375). Hence D/N 400 for uniform
-# and interpolating with 5 sizes, and 6 sizes for masked at D/N 600 (L1-d8 .. L2-d32 at every
-# budget): wider curves, so that a flat or noisy bottom still has a higher point on each side.
+# RECIPE: tokens per parameter where each family's isoFLOP minimum sat in three real laptop
+# studies and probes at the grid ends (docs/recipe_calibration.md); masked gets 6 sizes and
+# uniform / interpolating 5, so that a flat or noisy bottom has a higher point on each side.
 LAPTOP_TOKENS_PER_PARAM = (("autoregressive", 40.0), ("masked", 600.0), ("uniform", 400.0),
                            ("interpolating", 400.0))
 LAPTOP_SIZES_PER_BUDGET = (("masked", 6), ("uniform", 5), ("interpolating", 5))
@@ -283,49 +265,61 @@ LAPTOP_SIZES_PER_BUDGET = (("masked", 6), ("uniform", 5), ("interpolating", 5))
 LAPTOP = Recipe(
     name="laptop",
     shape=LAPTOP_SHAPE,
-    # RECIPE: 4 budgets 4/3 apart from 6e11 (diffusion at BPE 512 leaves the unigram level from
-    # ~5e11 at the smallest sizes), all four families, sizes centred on each family's compute-
-    # optimal size at LAPTOP_TOKENS_PER_PARAM: 4 for autoregressive, 5-6 for diffusion
-    # (LAPTOP_SIZES_PER_BUDGET), >= 2 on each side. Diffusion's tiny optimal models cost the most
-    # wall time per FLOP (widths 8-24 train at 6-20 GFLOP/s on one thread), which holds the top
-    # budget at 1.43e12 within the hour: the span of C is only 2.4x.
-    compute_bound=Grid(budgets=(6e11, 8e11, 1.07e12, 1.43e12), families=ALL_FAMILIES, knobs=(0.5,),
-                       sizes_per_budget=4, family_sizes_per_budget=LAPTOP_SIZES_PER_BUDGET,
-                       tokens_per_param=LAPTOP_TOKENS_PER_PARAM),
-    # RECIPE: 131,072 unique tokens (~270 KB of text), repeated 8-31 epochs; 1 size below f* and 2
-    # above, so the model grows with compute while the data cannot (2512.10858's token-bound regime).
-    data_bound=Grid(budgets=(1e12, 2e12, 4e12), families=("autoregressive", "masked", "uniform"),
-                    sizes_per_budget=3, pool_tokens=2**17),
-    # RECIPE: the interpolating knob from masked (0) to uniform (1) at one budget, 3 sizes.
-    noise_sweep=Grid(budgets=(1.6e12,), families=("interpolating",),
-                     knobs=(0.0, 0.25, 0.5, 0.75, 1.0), sizes_per_budget=3),
-    hparams=Grid(budgets=(1e12,), families=("autoregressive", "masked"), sizes_per_budget=2),
-    search=Search(lr=(1e-3, 3e-2), batch_sizes=(4, 8, 16, 32), num_samples=8),
-    # RECIPE: 1.65e11 = 3-8 s of training per run. Each slot pays ~4-5 s of fixed start-up (Ray
-    # worker, imports, first DeepSpeed/MLflow init; bench/bench_sweep.py), so 1-s runs (1.1e10, the
-    # first smoke budget) kept slots busy only 57% of the sweep; 1.65e11 measured 0.90.
-    smoke=Grid(budgets=(1.65e11,), families=("autoregressive", "masked"),
-               sizes=("L2-d24", "L2-d32", "L2-d48")),
-    smoke_shape=SMOKE_SHAPE,
+    sweeps=(
+        # IsoFLOP study: per budget, ladder sizes on both sides of the compute-optimal size, for
+        # every family (and interpolating knob); the budget and size fix the tokens.
+        # RECIPE: 4 budgets 4/3 apart from 6e11 (where diffusion leaves the unigram level), sizes
+        # centred per family; 1.43e12 at the top keeps it within the hour.
+        Sweep(name="compute_bound",
+              grid=Grid(budgets=(6e11, 8e11, 1.07e12, 1.43e12), families=ALL_FAMILIES, knobs=(0.5,),
+                        sizes_per_budget=4, family_sizes_per_budget=LAPTOP_SIZES_PER_BUDGET,
+                        tokens_per_param=LAPTOP_TOKENS_PER_PARAM)),
+        # Token-bound regime (2512.10858): a fixed pool of unique tokens (train.data_pool_tokens),
+        # repeated for as many epochs as the budget needs, the model size growing with the budget.
+        # RECIPE: 131,072 unique tokens (~270 KB of text), 8-31 epochs; 1 size below f*, 2 above.
+        Sweep(name="data_bound",
+              grid=Grid(budgets=(1e12, 2e12, 4e12),
+                        families=("autoregressive", "masked", "uniform"),
+                        sizes_per_budget=3, pool_tokens=2**17)),
+        # The interpolating family's uniform_share from 0 (masked noise) to 1 (uniform) at fixed
+        # sizes and budgets. RECIPE: one budget, 3 sizes.
+        Sweep(name="noise_sweep",
+              grid=Grid(budgets=(1.6e12,), families=("interpolating",),
+                        knobs=(0.0, 0.25, 0.5, 0.75, 1.0), sizes_per_budget=3)),
+        # Base configs (size x budget x family) of the LR x batch search; the points come from
+        # Optuna over `sweeps.search_space("hparams")` (the orchestrator applies them).
+        Sweep(name="hparams",
+              grid=Grid(budgets=(1e12,), families=("autoregressive", "masked"), sizes_per_budget=2),
+              search=Search(lr=(1e-3, 3e-2), batch_sizes=(4, 8, 16, 32), num_samples=8)),
+        # Seconds per run, for tests and end-to-end checks. RECIPE: 1.65e11 = 3-8 s of training,
+        # enough that the slots' ~4-5 s fixed start-up does not dominate (bench/bench_sweep.py).
+        Sweep(name="smoke",
+              grid=Grid(budgets=(1.65e11,), families=("autoregressive", "masked"),
+                        sizes=("L2-d24", "L2-d32", "L2-d48")),
+              shape=SMOKE_SHAPE),
+    ),
 )
 
 # ------------------------------------------------------------------------------------------------
 # QUICK: <= 15 minutes on the laptop; autoregressive and masked, budgets below LAPTOP's.
 # ------------------------------------------------------------------------------------------------
-QUICK = dataclasses.replace(
-    LAPTOP,
+QUICK = LAPTOP.with_sweeps(
+    Sweep(name="compute_bound",
+          grid=Grid(budgets=(2.5e11, 5e11, 1e12), families=("autoregressive", "masked"),
+                    sizes_per_budget=4,      # RECIPE: the laptop's measured D/N and widths
+                    family_sizes_per_budget=LAPTOP_SIZES_PER_BUDGET,
+                    tokens_per_param=LAPTOP_TOKENS_PER_PARAM)),
+    Sweep(name="data_bound",
+          grid=Grid(budgets=(3.2e11, 6.4e11, 1.28e12), families=("autoregressive", "masked"),
+                    sizes_per_budget=3, pool_tokens=2**17)),
+    Sweep(name="noise_sweep",
+          grid=Grid(budgets=(6.4e11,), families=("interpolating",), knobs=(0.0, 0.5, 1.0),
+                    sizes_per_budget=2)),
+    Sweep(name="hparams",
+          grid=Grid(budgets=(3.2e11,), families=("autoregressive", "masked"), sizes_per_budget=2),
+          search=Search(lr=(1e-3, 3e-2), batch_sizes=(4, 8, 16), num_samples=4)),
     name="quick",
-    compute_bound=Grid(budgets=(2.5e11, 5e11, 1e12), families=("autoregressive", "masked"),
-                       sizes_per_budget=4,      # RECIPE: the laptop's measured D/N and widths
-                       family_sizes_per_budget=LAPTOP_SIZES_PER_BUDGET,
-                       tokens_per_param=LAPTOP_TOKENS_PER_PARAM),
-    data_bound=Grid(budgets=(3.2e11, 6.4e11, 1.28e12), families=("autoregressive", "masked"),
-                    sizes_per_budget=3, pool_tokens=2**17),
-    noise_sweep=Grid(budgets=(6.4e11,), families=("interpolating",), knobs=(0.0, 0.5, 1.0),
-                     sizes_per_budget=2),
-    hparams=Grid(budgets=(3.2e11,), families=("autoregressive", "masked"), sizes_per_budget=2),
-    search=Search(lr=(1e-3, 3e-2), batch_sizes=(4, 8, 16), num_samples=4),
-)
+)   # smoke: LAPTOP's
 
 # ------------------------------------------------------------------------------------------------
 # CLUSTER: GPUs, budgets 1e17-1e20. Needs a real corpus: --set 'data.paths=["/data/..."]' (the
@@ -347,18 +341,25 @@ CLUSTER_SHAPE = Shape(
 CLUSTER = Recipe(
     name="cluster",
     shape=CLUSTER_SHAPE,
-    # RECIPE: a decade apart, 5 sizes each (2 below f*, 3 above): f* = 1.7e8 ... 5.5e9 FLOPs/token,
-    # L6-d256 .. L36-d2560 at vocab 32768, T 1024.
-    compute_bound=Grid(budgets=(1e17, 1e18, 1e19, 1e20), families=ALL_FAMILIES,
-                       knobs=(0.5,), sizes_per_budget=5),
-    data_bound=Grid(budgets=(1e18, 1e19, 1e20), families=("autoregressive", "masked", "uniform"),
-                    sizes_per_budget=3, pool_tokens=2**30),   # RECIPE: 1.07B unique tokens
-    noise_sweep=Grid(budgets=(1e19,), families=("interpolating",),
-                     knobs=(0.0, 0.25, 0.5, 0.75, 1.0), sizes_per_budget=3),
-    hparams=Grid(budgets=(1e17,), families=("autoregressive", "masked"), sizes_per_budget=2),
-    search=Search(lr=(1e-4, 1e-2), batch_sizes=(64, 128, 256, 512), num_samples=24),
-    smoke=LAPTOP.smoke,
-    smoke_shape=dataclasses.replace(SMOKE_SHAPE, engine=GPU_ENGINE),   # the GPU path, in seconds
+    sweeps=(
+        # RECIPE: a decade apart, 5 sizes each (2 below f*, 3 above): f* = 1.7e8 ... 5.5e9
+        # FLOPs/token, L6-d256 .. L36-d2560 at vocab 32768, T 1024.
+        Sweep(name="compute_bound",
+              grid=Grid(budgets=(1e17, 1e18, 1e19, 1e20), families=ALL_FAMILIES,
+                        knobs=(0.5,), sizes_per_budget=5)),
+        Sweep(name="data_bound",
+              grid=Grid(budgets=(1e18, 1e19, 1e20),
+                        families=("autoregressive", "masked", "uniform"),
+                        sizes_per_budget=3, pool_tokens=2**30)),   # RECIPE: 1.07B unique tokens
+        Sweep(name="noise_sweep",
+              grid=Grid(budgets=(1e19,), families=("interpolating",),
+                        knobs=(0.0, 0.25, 0.5, 0.75, 1.0), sizes_per_budget=3)),
+        Sweep(name="hparams",
+              grid=Grid(budgets=(1e17,), families=("autoregressive", "masked"), sizes_per_budget=2),
+              search=Search(lr=(1e-4, 1e-2), batch_sizes=(64, 128, 256, 512), num_samples=24)),
+        dataclasses.replace(LAPTOP.sweep("smoke"),   # the GPU path, in seconds
+                            shape=dataclasses.replace(SMOKE_SHAPE, engine=GPU_ENGINE)),
+    ),
 )
 
 PRESETS: dict[str, Recipe] = {r.name: r for r in (LAPTOP, QUICK, CLUSTER)}

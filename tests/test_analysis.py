@@ -15,7 +15,7 @@ import pytest
 from analysis import fit_laws, huber, synthetic
 from analysis.compare import crossover
 from analysis.frontier import frontier_mask, isoflop_curves
-from analysis.laws import fit_allocation, fit_chinchilla, fit_compute_law
+from analysis.laws import LAWS, fit_law
 from analysis.load import DropCounts, final_points, table_from_frame
 from analysis.study import fit_study
 
@@ -37,7 +37,7 @@ def _factorial(seed: int, n: int = 10) -> pd.DataFrame:
     """
     p = synthetic.CHINCHILLA
     N, D = (x.ravel() for x in np.meshgrid(np.logspace(5, 11, n), np.logspace(7, 13, n)))
-    form = huber.LAWS["chinchilla"]
+    form = LAWS["chinchilla"].form
     loss = form.predict(np.array([p[k] for k in form.params]), {"N": N, "D": D})
     loss *= np.exp(0.01 * np.random.default_rng(seed).standard_normal(N.size))
     return pd.DataFrame({"family": "planted", "N": N, "D": D, "loss": loss})
@@ -56,7 +56,7 @@ def test_compute_law_recovers_planted_beta_and_B():
     err_beta, err_b = [], []
     for seed in range(10):
         raw = synthetic.compute_law_table(A=A, beta=BETA, B=B_INF, C=C16, seed=seed)
-        fit = fit_compute_law(_final(raw), "synthetic", n_boot=0)
+        fit = fit_law("compute", _final(raw), "synthetic", n_boot=0)
         err_beta.append(fit.params["beta"].value / BETA - 1)
         err_b.append(fit.params["B"].value / B_INF - 1)
     assert np.median(np.abs(err_beta)) < 0.03
@@ -66,7 +66,7 @@ def test_compute_law_recovers_planted_beta_and_B():
 
 def test_compute_law_exact_without_noise():
     raw = synthetic.compute_law_table(A=A, beta=BETA, B=B_INF, C=C16, noise=0.0)
-    fit = fit_compute_law(_final(raw), "synthetic", n_boot=0)
+    fit = fit_law("compute", _final(raw), "synthetic", n_boot=0)
     assert fit.params["beta"].value == pytest.approx(BETA, rel=1e-4)
     assert fit.params["B"].value == pytest.approx(B_INF, rel=1e-4)
     assert fit.params["A"].value == pytest.approx(A, rel=1e-3)
@@ -78,7 +78,7 @@ def test_chinchilla_recovers_planted_law():
     p = synthetic.CHINCHILLA
     errs = []
     for seed in range(10):
-        fit = fit_chinchilla(_final(_factorial(seed)), "planted", n_boot=0)
+        fit = fit_law("chinchilla", _final(_factorial(seed)), "planted", n_boot=0)
         errs.append([fit.params[k].value / p[k] - 1 for k in ("E", "alpha", "beta")])
     errs = np.abs(np.array(errs))
     med = np.median(errs, axis=0)
@@ -93,16 +93,16 @@ def test_allocation_exponent_from_isoflop_minima():
     final = _final(raw)
     curves = isoflop_curves(final, "synthetic")
     assert all(c.ok for c in curves)
-    fit = fit_allocation(final, "synthetic", curves, n_boot=50)
+    fit = fit_law("allocation", final, "synthetic", curves=curves, n_boot=50)
     a_true = p["beta"] / (p["alpha"] + p["beta"])
     assert fit.params["a"].value == pytest.approx(a_true, rel=0.03)
     assert fit.params["b"].value == pytest.approx(1 - a_true, rel=0.03)
     assert fit.params["a"].lo < fit.params["a"].value < fit.params["a"].hi
 
 
-@pytest.mark.parametrize("law", sorted(huber.LAWS))
+@pytest.mark.parametrize("law", sorted(n for n, law in LAWS.items() if law.form))
 def test_objective_gradient_matches_finite_differences(law):
-    form = huber.LAWS[law]
+    form = LAWS[law].form
     rng = np.random.default_rng(0)
     feats = {f: np.exp(rng.uniform(12, 40, 60)) for f in form.features}
     d = huber.design(form, feats, np.exp(rng.uniform(0.5, 2.0, 60)))
@@ -120,7 +120,7 @@ def test_objective_gradient_matches_finite_differences(law):
 def test_warm_whitened_refit_matches_a_fresh_multistart_fit():
     """The bootstrap's shortcut (warm start at the full fit, whitened) finds the same optimum as
     the full recipe run from scratch on the same resample."""
-    form = huber.LAWS["chinchilla"]
+    form = LAWS["chinchilla"].form
     raw = _factorial(0)
     d = huber.design(form, {"N": raw["N"], "D": raw["D"]}, raw["loss"])
     theta, _ = huber.fit(form, d)
@@ -170,7 +170,7 @@ def test_parallel_laws_report_no_crossover():
 def test_crossover_point_matches_a_fine_root_search():
     """The 2,000-point grid + interpolation lands on the fitted laws' crossing."""
     study = fit_study(_final(_two_families(1e17)), n_boot=0)
-    fits = {g.group: g.compute for g in study.groups}
+    fits = {g.group: g.law("compute") for g in study.groups}
     grid = np.logspace(14, 20, 200_001)
     diff = fits["masked"].predict(C=grid) - fits["uniform"].predict(C=grid)
     root = grid[np.argmax(np.sign(diff[1:]) != np.sign(diff[:-1]))]
@@ -209,9 +209,9 @@ def test_too_few_points_is_a_message_not_a_fit():
                      synthetic.compute_law_table(A=A, beta=BETA, B=B_INF, C=C, family="uniform")])
     study = fit_study(_final(raw), n_boot=20)
     uniform = study.group("uniform")
-    assert uniform.compute is None and uniform.chinchilla is None
+    assert uniform.law("compute") is None and uniform.law("chinchilla") is None
     assert any("uniform: 3 frontier point(s), L(C) needs >= 4" in m for m in uniform.messages)
-    assert study.group("masked").compute is not None
+    assert study.group("masked").law("compute") is not None
     assert study.crossovers == ()  # nothing to compare uniform with
 
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from analysis import huber, synthetic
-from analysis.laws import fit_chinchilla, fit_compute_law
+from analysis import synthetic
+from analysis.laws import LAWS, fit_law
 from analysis.load import table_from_frame
 
 SEEDS = range(50)
@@ -29,7 +29,7 @@ def test_compute_law_intervals_cover_planted_values():
     for seed in SEEDS:
         raw = synthetic.compute_law_table(A=a, beta=beta, B=b_inf, C=np.logspace(12, 19, 12),
                                           seed=seed)
-        fit = fit_compute_law(table_from_frame(raw)[0], "synthetic", n_boot=DRAWS, seed=seed)
+        fit = fit_law("compute", table_from_frame(raw)[0], "synthetic", n_boot=DRAWS, seed=seed)
         hits.append(_covered(fit, {"A": a, "beta": beta, "B": b_inf}))
     coverage = np.mean(hits, axis=0)
     assert (coverage >= 0.9).all(), coverage
@@ -38,7 +38,7 @@ def test_compute_law_intervals_cover_planted_values():
 def test_chinchilla_intervals_cover_planted_values():
     """10 x 10 factorial grid of N (1e5..1e11) and D (1e7..1e13), 1% noise."""
     p = synthetic.CHINCHILLA
-    form = huber.LAWS["chinchilla"]
+    form = LAWS["chinchilla"].form
     N, D = (x.ravel() for x in np.meshgrid(np.logspace(5, 11, 10), np.logspace(7, 13, 10)))
     clean = form.predict(np.array([p[k] for k in form.params]), {"N": N, "D": D})
     hits = []
@@ -46,7 +46,7 @@ def test_chinchilla_intervals_cover_planted_values():
         loss = clean * np.exp(0.01 * np.random.default_rng(seed).standard_normal(N.size))
         final, _ = table_from_frame(
             pd.DataFrame({"family": "planted", "N": N, "D": D, "loss": loss}))
-        fit = fit_chinchilla(final, "planted", n_boot=DRAWS, seed=seed)
+        fit = fit_law("chinchilla", final, "planted", n_boot=DRAWS, seed=seed)
         hits.append(_covered(fit, p))
     coverage = np.mean(hits, axis=0)
     assert (coverage >= 0.9).all(), coverage

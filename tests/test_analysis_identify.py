@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 
 from analysis import fit_laws, huber, synthetic
-from analysis.laws import NOT_IDENTIFIED, PILEUP_SHARE, fit_chinchilla, fit_compute_law, identification
+from analysis.bootstrap import NOT_IDENTIFIED, PILEUP_SHARE, identification
+from analysis.laws import LAWS, fit_law
 from analysis.load import table_from_frame
 from analysis.study import fit_study
 
@@ -34,7 +35,7 @@ def _three_budgets(seed: int) -> pd.DataFrame:
 
 
 def test_floor_at_its_bound_is_flagged_and_its_predictions_marked():
-    fit = fit_compute_law(table_from_frame(_no_floor())[0], "synthetic", n_boot=200)
+    fit = fit_law("compute", table_from_frame(_no_floor())[0], "synthetic", n_boot=200)
     assert set(fit.flags) == {"B", "L@10x", "L@100x"}
     assert NOT_IDENTIFIED in fit.params["B"].flag and not fit.identified
     assert "derived from B" in fit.derived["L@10x"].flag
@@ -44,14 +45,14 @@ def test_floor_at_its_bound_is_flagged_and_its_predictions_marked():
 
 
 def test_unidentified_e_on_a_narrow_isoflop_grid_is_flagged_alone():
-    fit = fit_chinchilla(table_from_frame(_three_budgets(6))[0], "synthetic", n_boot=200)
+    fit = fit_law("chinchilla", table_from_frame(_three_budgets(6))[0], "synthetic", n_boot=200)
     assert fit.params["E"].value < 1e-6 and "E" in fit.flags
     # a_N, b_D read alpha and beta only; they are flagged only if those are.
     assert ("a_N" in fit.flags) == any(k in fit.flags for k in ("alpha", "beta"))
 
 
 def test_bootstrap_pile_up_at_a_bound_is_flagged():
-    form = huber.LAWS["compute"]
+    form = LAWS["compute"].form
     d = huber.design(form, {"C": C12}, 8.0 * (C12 / 1e12) ** -BETA + 1.8)
     theta = np.array([np.log(3.0), 0.3, np.log(1.8)])           # mid-box, every term alive
     draws = np.tile(theta, (100, 1))
@@ -72,20 +73,20 @@ def test_barely_identified_fits_raise_no_runtime_warning(seed):
         warnings.simplefilter("error", RuntimeWarning)
         study = fit_study(table_from_frame(_three_budgets(seed))[0], n_boot=200, seed=seed)
     g = study.groups[0]
-    assert g.chinchilla is not None and g.compute is not None
+    assert g.law("chinchilla") is not None and g.law("compute") is not None
 
 
 def test_well_posed_fits_are_not_flagged():
     raw = synthetic.compute_law_table(A=A, beta=BETA, B=1.8, C=np.logspace(12, 22, 16), seed=0)
-    fit = fit_compute_law(table_from_frame(raw)[0], "synthetic", n_boot=200)
+    fit = fit_law("compute", table_from_frame(raw)[0], "synthetic", n_boot=200)
     assert fit.flags == {} and fit.params["B"].value == pytest.approx(1.8, rel=0.02)
     p = synthetic.CHINCHILLA
     N, D = (x.ravel() for x in np.meshgrid(np.logspace(5, 11, 10), np.logspace(7, 13, 10)))
-    form = huber.LAWS["chinchilla"]
+    form = LAWS["chinchilla"].form
     loss = form.predict(np.array([p[k] for k in form.params]), {"N": N, "D": D})
     loss *= np.exp(0.01 * np.random.default_rng(0).standard_normal(N.size))
-    fit = fit_chinchilla(table_from_frame(pd.DataFrame({"family": "x", "N": N, "D": D,
-                                                        "loss": loss}))[0], "x", n_boot=200)
+    fit = fit_law("chinchilla", table_from_frame(pd.DataFrame({"family": "x", "N": N, "D": D,
+                                                                "loss": loss}))[0], "x", n_boot=200)
     assert fit.flags == {}
     for k in ("E", "alpha", "beta"):
         assert fit.params[k].lo <= p[k] <= fit.params[k].hi

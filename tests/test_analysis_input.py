@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from analysis import fit_laws, synthetic
-from analysis.laws import fit_compute_law
+from analysis.laws import fit_law
 from analysis.load import DropCounts, load_table, table_from_frame
 from analysis.study import fit_study
 
@@ -53,8 +53,8 @@ def test_duplicate_rows_are_dropped_counted_and_do_not_narrow_intervals(tmp_path
     twice, d2 = table_from_frame(pd.concat([raw, raw.iloc[::-1]], ignore_index=True))
     assert d1 == DropCounts() and d2 == DropCounts(duplicate=len(raw))
     pd.testing.assert_frame_equal(once, twice)
-    a = fit_compute_law(once, "synthetic", n_boot=100)
-    b = fit_compute_law(twice, "synthetic", n_boot=100)
+    a = fit_law("compute", once, "synthetic", n_boot=100)
+    b = fit_law("compute", twice, "synthetic", n_boot=100)
     assert (a.params["beta"].lo, a.params["beta"].hi) == (b.params["beta"].lo, b.params["beta"].hi)
     # The CLI says so.
     path = tmp_path / "dup.csv"
@@ -92,7 +92,7 @@ def test_scattered_c_is_binned_into_isoflop_budgets_and_recovers_n_opt_exponent(
     final, _ = table_from_frame(raw)
     unbinned = fit_study(final, n_boot=0, c_bin_tol=0.0).groups[0]
     assert not any(len(c.N) >= 3 for c in unbinned.isoflops)     # 99 budgets of one size each
-    assert unbinned.allocation is None
+    assert unbinned.law("allocation") is None
     g = fit_study(final, n_boot=200).groups[0]                   # default tolerance
     assert len(g.isoflops) == 9 and all(len(c.N) == 11 for c in g.isoflops)
     budgets = np.array([c.budget for c in g.isoflops])
@@ -100,7 +100,7 @@ def test_scattered_c_is_binned_into_isoflop_budgets_and_recovers_n_opt_exponent(
     assert sum(c.ok for c in g.isoflops) >= 8
     p = synthetic.CHINCHILLA
     a_true = p["beta"] / (p["alpha"] + p["beta"])
-    a = g.allocation.params["a"]
+    a = g.law("allocation").params["a"]
     assert a.lo <= a_true <= a.hi and a.hi - a.lo < 0.3, a
 
 

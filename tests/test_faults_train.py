@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-import trainer.job.train as train_mod
+import trainer.job.loop as loop_mod
 from tests.conftest import REPO, clean_env, tiny_run
 from trainer.job.checkpoint import LOCK, RunLock
 from trainer.config import RunConfig
@@ -159,7 +159,7 @@ def test_two_identical_jobs_at_once_one_writes_the_other_is_busy(tmp_path):
 def test_error_after_the_run_starts_marks_it_with_the_reason(tmp_path, monkeypatch, exc, status):
     cfg = RunConfig.from_dict(tiny_run(tmp_path))
     calls = []
-    real = train_mod.evaluate
+    real = loop_mod.evaluate
 
     def flaky(*a, **k):
         calls.append(1)
@@ -167,7 +167,7 @@ def test_error_after_the_run_starts_marks_it_with_the_reason(tmp_path, monkeypat
             raise exc
         return real(*a, **k)
 
-    monkeypatch.setattr(train_mod, "evaluate", flaky)
+    monkeypatch.setattr(loop_mod, "evaluate", flaky)
     with pytest.raises(type(exc)):
         train(cfg, progress=False)
     (run,) = runs_of(cfg)

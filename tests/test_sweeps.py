@@ -9,6 +9,7 @@ change to a recipe, the ladder, the FLOP count or a config default, regenerate a
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 import math
 import os
@@ -75,7 +76,7 @@ def test_snapshot(name, preset):
 @pytest.mark.parametrize("name,preset", CASES, ids=IDS)
 def test_every_run_hits_its_budget_and_trains_enough_steps(name, preset):
     recipe = PRESETS[preset]
-    shape = recipe.smoke_shape if name == "smoke" else recipe.shape
+    shape = recipe.shape_of(name)
     runs = _plans(name, preset)
     assert runs
     for cfg, p in runs:
@@ -104,7 +105,7 @@ def test_isoflop_curves_bracket_the_compute_optimal_size(preset):
     for (budget, family, knob), fpt in curves.items():
         # The FLOP module's compute-optimal size at the family's tokens-per-parameter ratio (the
         # recipe's Chinchilla 20 unless the grid measured another for that family).
-        ratio = recipe.compute_bound.ratio_for(family, recipe.tokens_per_param)
+        ratio = recipe.sweep("compute_bound").grid.ratio_for(family, recipe.tokens_per_param)
         f_star = compute_optimal_flops_per_token(budget, ratio)
         below, above = sum(f < f_star for f in fpt), sum(f > f_star for f in fpt)
         assert below >= 1 and above >= 1, (preset, budget, family, knob, f_star, fpt)
@@ -302,3 +303,38 @@ def test_grid_per_family_settings_are_validated(field, value, needle):
         Grid(budgets=(1e12,), families=("masked",), **{field: value})
     ok = Grid(budgets=(1e12,), families=("masked", "uniform"), family_sizes_per_budget=(("masked", 6),))
     assert (ok.k_for("masked"), ok.k_for("uniform")) == (6, 4)
+
+
+def test_every_preset_has_the_same_sweeps_as_records():
+    # SWEEPS lists every preset's sweeps, and each preset defines all of them, in the same order
+    for recipe in PRESETS.values():
+        assert [s.name for s in recipe.sweeps] == list(sweeps.SWEEPS), recipe.name
+        for s in recipe.sweeps:
+            assert recipe.sweep(s.name) is s
+            assert recipe.shape_of(s.name) is (s.shape or recipe.shape)
+    with pytest.raises(ValueError, match="nope"):
+        PRESETS["laptop"].sweep("nope")
+
+
+def test_a_new_sweep_is_one_record():
+    from sweeps.catalog import search_spaces, sweep_runs
+    from sweeps.recipe import Grid, Search, Sweep
+    base = PRESETS["laptop"]
+    extra = Sweep(name="wide_lr",
+                  grid=Grid(budgets=(1e12,), families=("masked",), sizes=("L2-d32",)),
+                  search=Search(lr=(1e-4, 1e-1), batch_sizes=(8,), num_samples=3))
+    recipe = base.with_sweeps(extra, name="laptop_plus")
+    assert [s.name for s in recipe.sweeps] == list(sweeps.SWEEPS) + ["wide_lr"]
+    runs = sweep_runs(recipe, "wide_lr")
+    assert [(r.sweep, r.io.experiment, r.size, r.noise.family) for r in runs] == [
+        ("wide_lr", "wide_lr", "L2-d32", "masked")]
+    assert runs[0].train.seq_len == base.shape.seq_len            # the recipe's shape by default
+    spaces = search_spaces(recipe)
+    assert set(spaces) == {"hparams", "wide_lr"} and spaces["wide_lr"].num_samples == 3
+    # replacing a sweep keeps its place; the others are the same records
+    moved = recipe.with_sweeps(Sweep(name="smoke", grid=extra.grid))
+    assert [s.name for s in moved.sweeps] == [s.name for s in recipe.sweeps]
+    assert moved.sweep("smoke").grid == extra.grid
+    assert moved.sweep("hparams") is recipe.sweep("hparams")
+    with pytest.raises(ValueError, match="distinct"):
+        dataclasses.replace(recipe, sweeps=recipe.sweeps + (extra,))

@@ -11,12 +11,12 @@ import contextlib
 import logging
 import math
 import os
-import socket
 import warnings
 from dataclasses import dataclass
 
 import torch
 
+from core.net import free_port
 from trainer.config import EngineConfig, TrainConfig
 from trainer.model.transformer import Block
 
@@ -53,12 +53,6 @@ def placement(cfg: EngineConfig) -> Placement:
         torch.set_num_threads(cfg.threads)
     bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and cuda)
     return Placement(device, torch.bfloat16 if bf16 else torch.float32, "nccl" if cuda else "gloo")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def quiet_logs() -> None:
@@ -164,17 +158,23 @@ def ds_config(train: TrainConfig, eng: EngineConfig, place: Placement, world: in
     }
 
 
-def build_engine(model: torch.nn.Module, train: TrainConfig, eng: EngineConfig, place: Placement,
-                 world: int, total_steps: int):
-    """deepspeed.initialize with a client torch AdamW (nothing to compile) and a LambdaLR that the
-    engine steps and checkpoints."""
-    import deepspeed
+def build_optimizer(model: torch.nn.Module, train: TrainConfig, total_steps: int):
+    """(AdamW, LambdaLR) of a run: weight decay on matrices only, foreach=False, the LR schedule of
+    `lr_lambda`. The engine's optimizer, and the bench's plain reference loop's."""
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]     # norms, biases
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": train.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}],
                             lr=train.lr, betas=(train.beta1, train.beta2), foreach=False)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(train, total_steps))
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(train, total_steps))
+
+
+def build_engine(model: torch.nn.Module, train: TrainConfig, eng: EngineConfig, place: Placement,
+                 world: int, total_steps: int):
+    """deepspeed.initialize with a client torch AdamW (nothing to compile) and a LambdaLR that the
+    engine steps and checkpoints."""
+    import deepspeed
+    opt, sched = build_optimizer(model, train, total_steps)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=opt, lr_scheduler=sched,
                                            config=ds_config(train, eng, place, world))
     return engine

@@ -21,25 +21,21 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
-from trainer.job import checkpoint
-
-from trainer.job import objective
+from core import schema as M
+from core.schema import STEP_UNIT
 from trainer.config import RunConfig
-from trainer.data.loader import load_corpus, sample_batch, validation_windows
-from trainer.job.engine import build_engine, init_distributed, placement
-from core.flops import mfu
-from trainer.model.transformer import Transformer
+from trainer.data.loader import load_corpus, validation_windows
 from trainer.families.registry import build_family
-from trainer.job.objective import evaluate
+from trainer.job import checkpoint
+from trainer.job.engine import build_engine, init_distributed, placement
+from trainer.job.loop import Loop
+from trainer.job.tracking import Tracker
+from trainer.model.transformer import Transformer
 from trainer.plan import Plan, plan
 from trainer.tools.peak import matmul_peak_flops
-from trainer.job.tracking import Tracker
-from core import schema as M
-from core.schema import STEP_UNIT, flop_step
 
 EXIT_BUSY = 75   # EX_TEMPFAIL: another job is writing this run; nothing was done, try again later
 WEIGHTS = "model.pt"  # final fp32 state_dict of a FINISHED run: out_dir/<run_id>/model.pt
@@ -84,11 +80,6 @@ def _bcast(obj, rank: int, world: int):
     box = [obj if rank == 0 else None]
     dist.broadcast_object_list(box, src=0)
     return box[0]
-
-
-def _noise_gen(seed: int, step: int, device) -> torch.Generator:
-    # one stream per (seed, step): a resumed run draws exactly the noise of an uninterrupted one
-    return torch.Generator(device=device).manual_seed(seed * 1_000_003 + step + 1)
 
 
 def export_weights(engine, path: Path, rank: int, partitioned: bool) -> Path:
@@ -240,83 +231,23 @@ def _loop(cfg: RunConfig, p: Plan, engine, family, corpus, place, rank: int, wor
           tracker: Tracker | None, root: Path, state: dict, start: int, mlflow_id: str | None,
           progress: bool, on_eval, started: float) -> RunResult:
     tc = cfg.train
-    train_tokens = corpus.train
-    pool = tc.data_pool_tokens or len(train_tokens)
-    val = validation_windows(corpus.val, tc.eval_seqs, tc.seq_len)
     peak = matmul_peak_flops(place.device, place.dtype, cfg.engine.threads) if rank == 0 else 1.0
-    b_local = tc.batch_size // world
-    rows = slice(rank * b_local, (rank + 1) * b_local)
-    wall0, t0 = state.get("wall_time_s", 0.0), time.perf_counter()
-    loss_sum, loss_n = state.get("loss_sum", 0.0), state.get("loss_n", 0)
-    last_ckpt, last_eval_t, last_eval_step = time.monotonic(), time.perf_counter(), start
+    job = Loop(cfg=cfg, p=p, engine=engine, family=family, place=place, rank=rank, world=world,
+               tracker=tracker, root=root, mlflow_id=mlflow_id, progress=progress, on_eval=on_eval,
+               train_tokens=corpus.train, val=validation_windows(corpus.val, tc.eval_seqs, tc.seq_len),
+               peak=peak, wall0=state.get("wall_time_s", 0.0), t0=time.perf_counter(),
+               loss_sum=state.get("loss_sum", 0.0), loss_n=state.get("loss_n", 0),
+               last_ckpt=time.monotonic(), last_eval_t=time.perf_counter(), last_eval_step=start)
     eval_set = set(p.eval_steps)
-
-    def do_eval(step: int) -> float:
-        nonlocal loss_sum, loss_n, last_eval_t, last_eval_step
-        with place.autocast:
-            nelbo = evaluate(engine, family, val, seed=12345, batch_size=32,
-                             t_repeats=tc.eval_t_repeats, device=place.device, rank=rank, world=world)
-        now = time.perf_counter()
-        flops = step * p.flops_per_step
-        tok_s = (step - last_eval_step) * tc.batch_size * tc.seq_len / max(now - last_eval_t, 1e-9)
-        if tracker:
-            metrics = {M.METRIC_LOSS: nelbo, M.METRIC_TOKENS: step * tc.batch_size * tc.seq_len,
-                       M.METRIC_FLOPS: flops, M.METRIC_WALL_TIME: wall0 + now - t0,
-                       M.METRIC_TOKENS_PER_S: tok_s,
-                       M.METRIC_MFU: mfu(tok_s * p.flops_per_step / (tc.batch_size * tc.seq_len), peak * world),
-                       M.METRIC_EPOCH: step * tc.batch_size * tc.seq_len / pool,
-                       M.METRIC_LR: engine.get_lr()[0]}
-            if loss_n:
-                metrics[M.METRIC_TRAIN_LOSS] = loss_sum / loss_n
-            tracker.log(flop_step(flops), metrics)
-            tracker.flush()                               # live curves: one log_batch per evaluation
-            if progress:
-                print(f"[{p.run_id[:8]} {cfg.noise.family} {cfg.size}] step {step}/{p.steps} "
-                      f"{flops:.3g}/{tc.budget_flops:.3g} FLOPs val_nelbo {nelbo:.4f} "
-                      f"({nelbo / math.log(2):.3f} bits/token) {tok_s:,.0f} tok/s", flush=True)
-        if on_eval:
-            on_eval({"step": step, "steps": p.steps, "flops": flops, "budget_flops": tc.budget_flops,
-                     "val_nelbo": nelbo, "tokens_per_s": tok_s})
-        loss_sum, loss_n, last_eval_t, last_eval_step = 0.0, 0, time.perf_counter(), step
-        return nelbo
-
-    def save(step: int) -> None:
-        nonlocal last_ckpt
-        if tracker:
-            tracker.flush()                               # everything up to `step` is in MLflow
-        st = {"step": step, "wall_time_s": wall0 + time.perf_counter() - t0, "mlflow_run_id": mlflow_id,
-              "loss_sum": loss_sum, "loss_n": loss_n}
-        checkpoint.save(engine, root, step, st, cfg.to_json(), cfg.io.keep_ckpts, rank)
-        last_ckpt = time.monotonic()
-
     engine.train()
     nelbo = None
     loop_t0 = time.perf_counter()
     for step in range(start, p.steps):
         if step in eval_set:
-            nelbo = do_eval(step)
+            nelbo = job.evaluate(step)
             engine.train()
-        window = torch.from_numpy(sample_batch(train_tokens, tc.batch_size, tc.seq_len, seed=tc.seed,
-                                               step=step, pool_tokens=tc.data_pool_tokens))
-        batch = family.prepare(window.to(place.device), _noise_gen(tc.seed, step, place.device))
-        local = type(batch)(batch.inputs[rows], batch.targets[rows],
-                            None if batch.t is None else batch.t[rows])
-        norm = family.loss_count(batch) / world            # global normaliser: see NoiseFamily.loss
-        with place.autocast:
-            loss = objective.loss(engine, family, local, normalizer=norm)
-        skipped = engine.skipped_steps
-        engine.backward(loss)
-        engine.step()
-        value = loss.item()
-        # DeepSpeed skips (rather than applies) a step whose gradients are non-finite: in fp32/bf16
-        # there is no loss scale to lower, so that is divergence too, not something to train through.
-        bad = not math.isfinite(value) or engine.skipped_steps > skipped
-        flags = torch.tensor([1.0 if bad else 0.0,                   # on the device: NCCL-safe
-                              1.0 if time.monotonic() - last_ckpt > cfg.io.ckpt_every_min * 60 else 0.0],
-                             device=place.device)
-        if world > 1:
-            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-        if flags[0] > 0:
+        value, diverged, ckpt_due = job.step(step)
+        if diverged:
             why = f"training loss {value}" if not math.isfinite(value) else "non-finite gradients"
             reason = f"diverged at step {step + 1}: {why}"
             if tracker:
@@ -325,11 +256,10 @@ def _loop(cfg: RunConfig, p: Plan, engine, family, corpus, place, rank: int, wor
             return RunResult(p.run_id, "FAILED", mlflow_id, p.steps, nelbo, start, reason,
                              time.perf_counter() - started, time.perf_counter() - loop_t0,
                              tracker.log_seconds if tracker else 0.0)
-        loss_sum, loss_n = loss_sum + value, loss_n + 1
-        if flags[1] > 0 and step + 1 < p.steps:
-            save(step + 1)
-    nelbo = do_eval(p.steps)
-    save(p.steps)
+        if ckpt_due and step + 1 < p.steps:
+            job.save(step + 1)
+    nelbo = job.evaluate(p.steps)
+    job.save(p.steps)
     weights = export_weights(engine, root.parent / WEIGHTS, rank, cfg.engine.zero_stage == 3)
     if tracker:
         tracker.finish("FINISHED", extra_tags={M.TAG_FINAL_VAL_NELBO: repr(nelbo),
