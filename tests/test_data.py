@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from trainer.data.loader import loader as data
+from trainer.data import loader as data
 from trainer.data.corpus import SOURCES, CorpusError, Document, load_source
 from trainer.data.loader import DataConfig, load_corpus, sample_batch, validation_windows
 from trainer.data.token_cache import split_documents, train_tokenizer
