@@ -2,7 +2,7 @@
 
     python -m analysis.fit_laws --experiment compute_bound [--tracking-uri URI] [--out DIR]
         [--families masked uniform] [--bootstrap 1000] [--seed 0]
-        [--preset NAME | --sweep-id ID] [--all-studies]
+        [--preset NAME | --sweep-id ID] [--all-studies] [--n-column n_backbone|n_nonembed|n_total]
     python -m analysis.fit_laws --from-table results.csv [--experiment NAME]
         [--c-bin-tol DEX] [--drop-worst K] ...
 
@@ -24,7 +24,7 @@ from pathlib import Path
 
 from analysis import load, plots, report
 from analysis.frontier import C_BIN_TOL_DEX
-from analysis.schema import AnalysisError
+from analysis.schema import DEFAULT_N_COLUMN, N_COLUMNS, AnalysisError
 from analysis.study import fit_study, select_groups
 from core import schema as M
 from core.schema import resolve_uri
@@ -46,8 +46,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="families (or family@knob groups) to fit; default all")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap draws (0: no intervals)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--n-column", choices=("n_total", "n_nonembed"), default="n_total",
-                   help="parameter count used as N for MLflow runs")
+    p.add_argument("--n-column", choices=N_COLUMNS, default=DEFAULT_N_COLUMN,
+                   help="parameter count used as N for MLflow runs (default %(default)s: per-token "
+                        "non-embedding backbone, the same for every family at one size; "
+                        "n_nonembed adds time conditioning, n_total also embedding and head)")
     p.add_argument("--preset", default=None,
                    help=f"MLflow: fit the latest study made with this preset (tag {M.TAG_PRESET})")
     p.add_argument("--sweep-id", default=None,
@@ -105,8 +107,13 @@ def main(argv: list[str] | None = None) -> int:
         dropped = dataclasses.replace(dropped, worst=worst)
         if final.empty:
             d = dropped
+            hint = ""
+            if runs is not None and runs[args.n_column].isna().all():
+                hint = (f"; no run has {args.n_column} (logged before it existed and not "
+                        "recomputable from its size): choose another with --n-column")
             raise AnalysisError(f"{name}: no usable runs (dropped: failed {d.failed}, unfinished "
-                                f"{d.unfinished}, NaN/invalid {d.nan}, duplicate {d.duplicate})")
+                                f"{d.unfinished}, NaN/invalid {d.nan}, duplicate {d.duplicate})"
+                                + hint)
         select_groups(final, args.families)
     except AnalysisError as e:
         print(f"error: {e}", file=sys.stderr)

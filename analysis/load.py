@@ -18,6 +18,8 @@ from analysis import studies
 from analysis.schema import AnalysisError
 from analysis.studies import Selection, StudyChoice
 from core import schema as M
+from core.flops import backbone_params
+from core.ladder import LADDER, MLP_HIDDEN, model_config
 from core.search import search_all
 
 _BULK_CHUNK = 200  # run ids per bulk metric query (keeps the SQL IN list short)
@@ -119,6 +121,19 @@ def _float(text: str | None) -> float:
         return np.nan
 
 
+def _backbone(params: dict, size: str) -> float:
+    """The run's backbone N: its logged ``n_params_backbone``, else (a run logged before that
+    param existed) recomputed from its config — the backbone depends on the ladder size and the
+    MLP kind only (core.flops.backbone_params), so an old study can be refitted on it. NaN when
+    neither is there."""
+    logged = _float(params.get(M.PARAM_N_BACKBONE))
+    mlp = params.get("mlp", "gelu")
+    if logged == logged or size not in LADDER or mlp not in MLP_HIDDEN:
+        return logged
+    return float(backbone_params(model_config(size, vocab_size=2, out_vocab_size=2, seq_len=1,
+                                              mlp=mlp)))
+
+
 def _run_meta(runs: list) -> pd.DataFrame:
     records = []
     for r in runs:
@@ -132,6 +147,8 @@ def _run_meta(runs: list) -> pd.DataFrame:
             "knob": _float(tags.get(M.TAG_KNOB)),
             "size": tags.get(M.TAG_SIZE, ""),
             "budget": _float(tags.get(M.TAG_BUDGET)),
+            "n_backbone": _backbone(params, tags.get(M.TAG_SIZE, "")),
+            "n_time_cond": _float(params.get(M.PARAM_N_TIME_COND)),
             "n_nonembed": _float(params.get(M.PARAM_N_NONEMBED)),
             "n_total": _float(params.get(M.PARAM_N_TOTAL)),
             "status": r.info.status,
@@ -196,8 +213,10 @@ def _runs_frame(client, runs: list, bulk: bool) -> pd.DataFrame:
     return df[list(S.RUN_COLUMNS)]
 
 
-def final_points(runs: pd.DataFrame, n_column: str = "n_total") -> tuple[pd.DataFrame, DropCounts]:
+def final_points(runs: pd.DataFrame, n_column: str = S.DEFAULT_N_COLUMN
+                 ) -> tuple[pd.DataFrame, DropCounts]:
     """Each run's final evaluation as a ``schema.FINAL_COLUMNS`` table, and what was dropped.
+    N is the ``n_column`` count (one of ``schema.N_COLUMNS``; default the backbone N).
 
     Only FINISHED runs count: a failed or running job's last point sits mid-schedule. One dlm.run_id
     logged under several MLflow runs (a resume) keeps its finished run with the most compute.

@@ -15,6 +15,12 @@ from __future__ import annotations
 
 from core import schema as M
 
+# Parameter counts a fit can use as N (fit_laws --n-column). The default is the backbone: the
+# per-token non-embedding parameters, equal for every family at one size, so a family's extra
+# once-per-sequence time-conditioning layers never move its N*(C) (issue 13, item 1).
+N_COLUMNS = ("n_backbone", "n_nonembed", "n_total")
+DEFAULT_N_COLUMN = "n_backbone"
+
 # The trial metrics load_runs reads (the others stay in MLflow).
 LOADED_METRICS = (M.METRIC_LOSS, M.METRIC_TRAIN_LOSS, M.METRIC_TOKENS, M.METRIC_FLOPS)
 
@@ -28,8 +34,11 @@ RUN_COLUMNS: dict[str, str] = {
     "size": f"{M.TAG_SIZE} tag (ladder name)",
     "budget": f"{M.TAG_BUDGET} as float (FLOPs)",
     "step": f"metric step ({M.STEP_UNIT}, integer)",
-    "n_nonembed": "non-embedding parameters",
-    "n_total": "all parameters",
+    "n_backbone": "per-token non-embedding backbone parameters (blocks + final norm): N, the same "
+                  "for every family at one ladder size; logged, or recomputed from size and mlp",
+    "n_time_cond": "time-conditioning parameters (once per sequence; NaN before they were logged)",
+    "n_nonembed": "non-embedding parameters incl. time conditioning (n_backbone + n_time_cond)",
+    "n_total": "all parameters (incl. embedding, head and time conditioning)",
     "tokens": "cumulative training tokens D at this evaluation",
     "flops": "cumulative training FLOPs C at this evaluation",
     "val_nelbo": "validation NELBO, nats/token",
@@ -43,7 +52,7 @@ FINAL_COLUMNS: dict[str, str] = {
     "group": "what a law is fitted to: the family, or 'family@knob' when a knob is set",
     "family": "noise family",
     "knob": "float or NaN",
-    "N": "parameters (total by default: C counts all FLOPs, as in Chinchilla)",
+    "N": "parameters: the backbone count by default (fit_laws --n-column picks another)",
     "D": "training tokens",
     "C": "training FLOPs",
     "loss": "final validation loss, nats/token",

@@ -184,7 +184,7 @@ def bench_sizes(args, place, peaks: list[float]) -> list[dict]:
     rows = []
     for size in args.sizes:
         mcfg = model_config(size, vocab_size=family.input_vocab_size, out_vocab_size=corpus.vocab_size,
-                            seq_len=tc.seq_len, causal=family.causal, time_cond=False)
+                            seq_len=tc.seq_len, causal=family.causal, time_cond="none")
         tokens = tc.batch_size * tc.seq_len
         flops_per_step = train_flops_per_token(mcfg) * tokens
         built = {"plain": plain_stepper(mcfg, tc, family, batches, total),

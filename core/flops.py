@@ -16,8 +16,10 @@ matrix multiply at 2 FLOPs per multiply-accumulate:
                 output projection             2 · d²
                 MLP                           2 · m · d · h
     once        unembedding (output head)     2 · d · V
-    time_cond   time MLP 2 · 2 · d², adaLN 2 · 6 · d² per layer, final adaLN 2 · 2 · d²;
-                these run once per *sequence*, so they are amortised per token (divided by T).
+    time_cond   with sinusoid width F and condition width c (core.ladder.TIME_CONDS: "adaln"
+                F = 256, c = cond_dim; "adaln_full" F = c = d): time MLP 2 · (F·c + c²),
+                adaLN 2 · 6 · c · d per layer, final adaLN 2 · 2 · c · d; these run once per
+                *sequence*, so they are amortised per token (divided by T).
 
 The attention terms are Chinchilla's (Hoffmann et al. 2022, Appendix F: "logits" and "softmax @
 query reductions", 2·T·d each, so 4·L·T·d per token); Kaplan et al. 2020 (Table 1) count attention
@@ -35,13 +37,16 @@ The papers' conventions (each function below cites the file it reproduces):
   "vonruette2025"     2512.10858 "method 1": M = 72·L·d² + 12·L·d·T (already training FLOPs).
   "vonruette2025-6n"  2512.10858 "method 2": 6 · N (N: non-embedding backbone parameters).
   "6n"                Kaplan et al. 2020, C ≈ 6N, with the same N.
-  "6N"                legacy: 6 × `param_counts(cfg)[0]`, which counts the time-conditioning layers
-                      as if they ran per token; kept unchanged because run ids hash the name.
-N in the new conventions (`backbone_params`) never includes time-conditioning parameters: those
-layers run once per sequence (issue 13, item 1).
+  "6N"                an alias of "6n" (registered under its old name because run ids hash the
+                      name). Before issue 13 it was 6 × (backbone + time-conditioning parameters),
+                      charging layers that run once per sequence as if they ran per token.
+N (`backbone_params`) is the same for every family at one ladder size: the per-token,
+non-embedding backbone, never the time-conditioning layers (`time_cond_params`, reported apart;
+issue 13, item 1). It is the N the laws are fitted on (analysis/load.py `n_backbone`).
 
 No torch at runtime: `ModelConfig` is imported for typing only and cfg is read by attribute
-(n_layer, d_model, n_head, vocab_size, out_vocab_size, seq_len, mlp, mlp_hidden(), time_cond).
+(n_layer, d_model, n_head, vocab_size, out_vocab_size, seq_len, mlp, mlp_hidden(), time_cond,
+cond_dim).
 `python -m core.flops --help` prints one shape's counts (core/flops_cli.py).
 """
 
@@ -50,6 +55,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from core.ladder import time_widths
 
 if TYPE_CHECKING:
     from core.ladder import ModelConfig
@@ -79,23 +86,45 @@ def backbone_params(cfg: ModelConfig) -> int:
 
 
 def time_cond_params(cfg: ModelConfig) -> int:
-    """Parameters of the time-conditioning layers (0 without time_cond): adaLN d -> 6d with bias
-    per block, the time MLP (two d×d linears with bias) and the final adaLN d -> 2d with bias."""
-    if not cfg.time_cond:
+    """Parameters of the time-conditioning layers (0 without them), F sinusoid features and c
+    condition width (core.ladder.time_widths): the time MLP Linear(F, c) + Linear(c, c) with
+    biases, per block adaLN Linear(c, 6d) with bias, the final adaLN Linear(c, 2d) with bias."""
+    widths = time_widths(cfg)
+    if widths is None:
         return 0
+    F, c = widths
     d, L = cfg.d_model, cfg.n_layer
-    return L * (6 * d * d + 6 * d) + 2 * (d * d + d) + (2 * d * d + 2 * d)
+    return (F * c + c) + (c * c + c) + L * (6 * d * c + 6 * d) + (2 * d * c + 2 * d)
 
 
-def param_counts(cfg: ModelConfig) -> tuple[int, int]:
-    """(non_embedding, total) parameter counts of Transformer(cfg), computed analytically.
+def embedding_params(cfg: ModelConfig) -> int:
+    """The token embedding (vocab_size × d) and the untied head (d × out_vocab_size)."""
+    return cfg.vocab_size * cfg.d_model + cfg.d_model * cfg.out_vocab_size
 
-    Non-embedding excludes only the token embedding (vocab_size · d) and the head (d · V_out); it
-    includes the time-conditioning layers (= backbone_params + time_cond_params).
-    """
-    non_embedding = backbone_params(cfg) + time_cond_params(cfg)
-    total = non_embedding + cfg.vocab_size * cfg.d_model + cfg.d_model * cfg.out_vocab_size
-    return non_embedding, total
+
+@dataclass(frozen=True)
+class ParamCounts:
+    """Parameters of Transformer(cfg) by role; `backbone` is the N that laws are fitted on."""
+
+    backbone: int  # per-token, non-embedding: blocks and final norm (`backbone_params`)
+    time_cond: int  # time conditioning, run once per sequence (`time_cond_params`)
+    embedding: int  # token embedding + head (`embedding_params`)
+
+    @property
+    def nonembed(self) -> int:
+        """Everything but the embedding and head (backbone + time conditioning): the
+        pre-issue-13 "non-embedding" count, logged as n_params_nonembed."""
+        return self.backbone + self.time_cond
+
+    @property
+    def total(self) -> int:
+        return self.backbone + self.time_cond + self.embedding
+
+
+def param_counts(cfg: ModelConfig) -> ParamCounts:
+    """Parameter counts of Transformer(cfg) by role, computed analytically (tested against the
+    built model's `sum(p.numel())`)."""
+    return ParamCounts(backbone_params(cfg), time_cond_params(cfg), embedding_params(cfg))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -105,10 +134,12 @@ def param_counts(cfg: ModelConfig) -> tuple[int, int]:
 
 def _time_cond_flops_per_sequence(cfg: ModelConfig) -> float:
     """Forward FLOPs of the time-conditioning linears, run once per sequence (0 without them)."""
-    if not cfg.time_cond:
+    widths = time_widths(cfg)
+    if widths is None:
         return 0.0
+    F, c = widths
     d, L = cfg.d_model, cfg.n_layer
-    return float(2 * 2 * d * d + L * 2 * 6 * d * d + 2 * 2 * d * d)  # time MLP, adaLN, final
+    return float(2 * (F * c + c * c) + L * 2 * 6 * c * d + 2 * 2 * c * d)  # time MLP, adaLN, final
 
 
 def forward_flops_per_token(cfg: ModelConfig) -> float:
@@ -122,9 +153,7 @@ def forward_flops_per_token(cfg: ModelConfig) -> float:
         + 2 * MLP_MATRICES[cfg.mlp] * d * h  # MLP
     )
     flops = L * per_layer + 2 * d * cfg.out_vocab_size  # + unembedding
-    if cfg.time_cond:
-        flops += _time_cond_flops_per_sequence(cfg) / T
-    return float(flops)
+    return float(flops) + _time_cond_flops_per_sequence(cfg) / T
 
 
 def sahoo2026_forward_flops_per_token(cfg: ModelConfig) -> float:
@@ -147,8 +176,8 @@ def sahoo2026_forward_flops_per_token(cfg: ModelConfig) -> float:
     449.41e9 per 2048-token sequence, 2 × 224.287 GMACs + 0.837e9 elementwise), counting their
     adaLN with cond_dim 128 and the rotary table's einsum. The elementwise rules are their DiT's
     (LayerNorm, GELU, softmax) applied to this shape; the linear part alone is 0.05-0.27% below
-    the files. Time conditioning: this model's own layers (full width) once per sequence, as
-    calflops sees them.
+    the files. Time conditioning: this model's own layers once per sequence, as calflops sees
+    them; with time_cond "adaln" (cond_dim 128) those are exactly the files' adaLN linears.
     """
     d, L, T, h = cfg.d_model, cfg.n_layer, cfg.seq_len, cfg.mlp_hidden()
     linear = 2 * (L * (4 * d * d + MLP_MATRICES[cfg.mlp] * d * h) + d * cfg.out_vocab_size)
@@ -208,8 +237,8 @@ CONVENTIONS: dict[str, Convention] = _registry(
         "3 x every matmul incl. QK^T, AV and the head (Chinchilla, Hoffmann et al. 2022, App. F, "
         "without its embedding and softmax terms); time conditioning once per sequence"),
     Convention(
-        "6N", lambda cfg: 6.0 * param_counts(cfg)[0],
-        "legacy: 6 x non-embedding params incl. time conditioning (Kaplan et al. 2020, C ~ 6N)"),
+        "6N", six_n_flops_per_token,
+        "alias of 6n (the pre-issue-13 name; it then also counted time conditioning)"),
     Convention(
         "sahoo2026", lambda cfg: TRAIN_OVER_FORWARD * sahoo2026_forward_flops_per_token(cfg),
         "arXiv 2602.15014: s-sahoo/scaling-dllms configs/flops/*.json (calflops forward of "

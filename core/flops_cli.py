@@ -17,7 +17,7 @@ import json
 from dataclasses import asdict, dataclass
 
 from core import flops
-from core.ladder import MLP_HIDDEN
+from core.ladder import COND_DIM, MLP_HIDDEN, TIME_CONDS
 
 @dataclass(frozen=True, kw_only=True)
 class Shape:
@@ -31,7 +31,8 @@ class Shape:
     seq_len: int  # tokens per sequence
     mlp: str = "gelu"  # a key of flops.MLP_MATRICES
     hidden: int  # MLP hidden width (features)
-    time_cond: bool = False  # full-width adaLN time conditioning
+    time_cond: str = "none"  # a key of core.ladder.TIME_CONDS
+    cond_dim: int = COND_DIM  # condition width of "adaln" (features)
 
     def mlp_hidden(self) -> int:
         return self.hidden
@@ -46,17 +47,17 @@ def report(shape: Shape, convention: str) -> dict[str, object]:
     """The JSON object the CLI prints for one shape and convention."""
     per_token = flops.train_flops_per_token(shape, convention)
     forward = per_token / flops.TRAIN_OVER_FORWARD
-    n_nonembed_incl_time, n_total = flops.param_counts(shape)
+    counts = flops.param_counts(shape)
     return {
         "convention": convention,
         "source": flops.CONVENTIONS[convention].source,
         "flops_per_token": per_token,
         "forward_flops_per_token": forward,
         "forward_flops_per_sequence": forward * shape.seq_len,
-        "n_nonembed": flops.backbone_params(shape),
-        "n_time_cond": flops.time_cond_params(shape),
-        "n_nonembed_incl_time_cond": n_nonembed_incl_time,
-        "n_total": n_total,
+        "n_nonembed": counts.backbone,
+        "n_time_cond": counts.time_cond,
+        "n_nonembed_incl_time_cond": counts.nonembed,
+        "n_total": counts.total,
         "flops_per_token_by_convention": flops.flops_per_token_by_convention(shape),
         "shape": asdict(shape),
     }
@@ -73,7 +74,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--mlp", choices=sorted(flops.MLP_MATRICES), default="gelu")
     p.add_argument("--mlp-ratio", type=float, default=4.0)
     p.add_argument("--mlp-hidden", type=int, help="MLP hidden width (default: the model's rule)")
-    p.add_argument("--time-cond", action="store_true", help="full-width adaLN time conditioning")
+    p.add_argument("--time-cond", choices=sorted(TIME_CONDS), default="none",
+                   help="time conditioning (counted in n_time_cond, once per sequence in FLOPs)")
+    p.add_argument("--cond-dim", type=int, default=COND_DIM, help="condition width of adaln")
     p.add_argument("--convention", choices=sorted(flops.CONVENTIONS), default="matmul")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     args = p.parse_args(argv)
@@ -83,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     shape = Shape(
         n_layer=args.n_layer, d_model=args.d_model, n_head=args.n_head,
         vocab_size=args.vocab_in or args.vocab, out_vocab_size=args.vocab, seq_len=args.seq_len,
-        mlp=args.mlp, time_cond=args.time_cond,
+        mlp=args.mlp, time_cond=args.time_cond, cond_dim=args.cond_dim,
         hidden=args.mlp_hidden or default_mlp_hidden(args.mlp, args.d_model, args.mlp_ratio),
     )
     out = report(shape, args.convention)

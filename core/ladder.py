@@ -10,7 +10,9 @@ prints the ladder (counted by building each model on the meta device).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 # Hidden width of each MLP kind as a function of (d_model, mlp_ratio). SwiGLU keeps the parameter
 # count of a ratio-r GELU MLP by using 2/3 of its hidden width over three matrices (Shazeer 2020),
@@ -19,6 +21,60 @@ MLP_HIDDEN = {
     "gelu": lambda d, r: int(round(r * d)),
     "swiglu": lambda d, r: (int(round(r * 2 * d / 3)) + 7) // 8 * 8,
 }
+
+# ---------------------------------------------------------------------------------------------
+# Time conditioning: how (and whether) the model reads the diffusion time t. A per-run choice
+# (RunConfig.time_cond; each family's default is FamilySpec.time_cond_default). The layers run once
+# per *sequence*, so their parameters are never part of the backbone N (core/flops.py).
+# Structure of a conditioned model (DiT, Peebles & Xie 2023, as 2602.15014's DiT builds it:
+# s-sahoo/scaling-dllms models/dit.py TimestepEmbedder + DDiTBlock.adaLN_modulation +
+# DDiTFinalLayer.adaLN_modulation):
+#     sinusoid(t) (B, F)  ->  Linear(F, c), SiLU, Linear(c, c)  ->  silu  ->  c-wide condition
+#     per block  Linear(c, 6d) with bias: shift, scale, gate for attention and for the MLP
+#     final      Linear(c, 2d) with bias: shift, scale of the final norm
+# ---------------------------------------------------------------------------------------------
+
+FREQ_DIM = 256  # sinusoid features of t: scaling-dllms' TimestepEmbedder frequency_embedding_size
+COND_DIM = 128  # default condition width c of "adaln": scaling-dllms configs/model/*.yaml cond_dim
+
+
+@dataclass(frozen=True, kw_only=True)
+class TimeCond:
+    """One named way of conditioning on t; `widths` gives (F sinusoid features, c condition
+    width) of a config, or None when the model takes no t at all."""
+    name: str
+    takes_t: bool  # the model's forward needs t
+    widths: Callable[[Any], tuple[int, int] | None]
+    summary: str  # what it is and where it comes from (`python -m trainer.model.transformer`)
+
+
+def _registry(*options: TimeCond) -> dict[str, TimeCond]:
+    return {o.name: o for o in options}
+
+
+TIME_CONDS: dict[str, TimeCond] = _registry(
+    TimeCond(name="none", takes_t=False, widths=lambda cfg: None,
+             summary="no t input (2512.10858's GIDD model: EasyDeL GiddModel takes log_snr and "
+                     "never uses it; MDLM / AR in 2602.15014, whose adaLN only ever sees t = 0)"),
+    TimeCond(name="adaln", takes_t=True, widths=lambda cfg: (FREQ_DIM, cfg.cond_dim),
+             summary="adaLN from a cond_dim-wide time embedding, sinusoid 256 -> cond_dim -> "
+                     "cond_dim (2602.15014's Duo: scaling-dllms models/dit.py, cond_dim 128)"),
+    TimeCond(name="adaln_full", takes_t=True, widths=lambda cfg: (cfg.d_model, cfg.d_model),
+             summary="adaLN at full width, sinusoid d -> d -> d (the project's layout before "
+                     "issue 13; kept to reproduce those runs)"),
+)
+
+
+def time_widths(cfg: Any) -> tuple[int, int] | None:
+    """(F, c) of cfg's time conditioning, None without one; cfg read by attribute (time_cond,
+    cond_dim, d_model), so any ModelConfig-like shape works (core/flops_cli.Shape)."""
+    return TIME_CONDS[cfg.time_cond].widths(cfg)
+
+
+def takes_t(cfg: Any) -> bool:
+    """Whether the model built from cfg needs the diffusion time t in its forward (reads only
+    cfg.time_cond, so a stand-in model's namespace needs nothing else)."""
+    return TIME_CONDS[cfg.time_cond].takes_t
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -32,12 +88,14 @@ class ModelConfig:
     mlp: str = "gelu"  # MLP kind, a key of MLP_HIDDEN: "gelu" or "swiglu" (gated)
     mlp_ratio: float = 4.0  # MLP hidden width / d_model for gelu (swiglu uses 2/3 of it), unitless
     causal: bool = False  # True: causal attention (AR baseline); False: bidirectional (diffusion)
-    time_cond: bool = False  # adaLN shift/scale/gate from diffusion time t (forward then needs t)
+    time_cond: str = "none"  # a key of TIME_CONDS ("none", "adaln", "adaln_full"); else t is needed
+    cond_dim: int = COND_DIM  # condition width c of "adaln" (features); unused by the other options
     rope_base: float = 10000.0  # rotary base (wavelength scale, in positions)
     init_std: float = 0.02  # std of the normal init of embeddings and linear weights (unitless)
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "out_vocab_size", "n_layer", "d_model", "n_head", "seq_len"):
+        for name in ("vocab_size", "out_vocab_size", "n_layer", "d_model", "n_head", "seq_len",
+                     "cond_dim"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -58,9 +116,11 @@ class ModelConfig:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
                 raise ValueError(f"{name} must be a positive number, got {value!r}")
-        for name in ("causal", "time_cond"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        if not isinstance(self.causal, bool):
+            raise ValueError(f"causal must be a bool, got {self.causal!r}")
+        if self.time_cond not in TIME_CONDS:  # (a bool, the pre-issue-13 field, is rejected too)
+            raise ValueError(
+                f"time_cond must be one of {sorted(TIME_CONDS)}, got {self.time_cond!r}")
 
     def head_dim(self) -> int:
         """Width of one attention head (features)."""
@@ -124,7 +184,7 @@ def model_config(
     out_vocab_size: int,
     seq_len: int,
     causal: bool = False,
-    time_cond: bool = False,
+    time_cond: str = "none",
     **overrides: object,
 ) -> ModelConfig:
     """ModelConfig for a named ladder size; `overrides` replace any other field (mlp, ...)."""

@@ -40,7 +40,11 @@ Trial tags
 
 Trial params
     The resolved config flattened with dots (``model.n_layer``, ``train.batch_size``, ...), plus
-    ``n_params_nonembed``, ``n_params_total``, ``flops_per_token``, ``tokens_per_step``, ``steps``.
+    ``n_params_backbone`` (N: per-token non-embedding parameters, the same for every family at one
+    ladder size; what the laws are fitted on), ``n_params_time_cond`` (time-conditioning layers,
+    run once per sequence), ``time_cond_resolved`` (the option the model used, the family default
+    resolved), ``n_params_nonembed`` (backbone + time conditioning), ``n_params_total``,
+    ``flops_per_token``, ``tokens_per_step``, ``steps``.
 
 Trial metrics (each logged at step = cumulative GFLOP at that evaluation)
     ``val_nelbo``  validation NELBO in nats/token: the quantity the laws are fitted to.
@@ -136,7 +140,10 @@ TAG_REF_ENTROPY = "dlm.ref_entropy"
 TAG_SAMPLING_KEY = "dlm.sampling_key"
 
 # --- trial params (beside the flattened config) ---------------------------------------------------
-PARAM_N_NONEMBED = "n_params_nonembed"
+PARAM_N_BACKBONE = "n_params_backbone"            # N of the laws (core.flops.backbone_params)
+PARAM_N_TIME_COND = "n_params_time_cond"           # core.flops.time_cond_params
+PARAM_TIME_COND = "time_cond_resolved"             # core.ladder.TIME_CONDS key the model used
+PARAM_N_NONEMBED = "n_params_nonembed"             # backbone + time conditioning
 PARAM_N_TOTAL = "n_params_total"
 PARAM_FLOPS_PER_TOKEN = "flops_per_token"
 PARAM_TOKENS_PER_STEP = "tokens_per_step"

@@ -73,7 +73,7 @@ def table(rows: list[Row], slots: int) -> str:
         c = r.cfg
         knob = "" if c.noise.knob() is None else f"{c.noise.knob():.2f}"
         tokens = r.plan.steps * c.train.batch_size * c.train.seq_len
-        lines.append(f"{i:>3} {c.noise.family:<14} {knob:>5} {c.size:<9} {r.plan.n_nonembed:>10,} "
+        lines.append(f"{i:>3} {c.noise.family:<14} {knob:>5} {c.size:<9} {r.plan.n_backbone:>10,} "
                      f"{tokens:>10.3g} {r.plan.steps * r.plan.flops_per_step:>9.2e} {r.plan.steps:>6} "
                      f"{r.tokens_per_s:>7,.0f} {r.seconds:>7.0f}")
     total = sum(r.seconds for r in rows)

@@ -15,23 +15,24 @@ from trainer.families.registry import FAMILIES, NoiseConfig
 from sweeps.recipe import Grid, Shape
 
 
-def reference_flops_per_token(size: str, shape: Shape) -> float:
-    """Training FLOPs per token of a ladder size at the shape's vocabulary and sequence length.
-
-    Counted for a model without time conditioning; the time-conditioned families' adaLN layers run
-    once per sequence and add < 0.5% at T = 128 (core/flops.py), so one number ranks the sizes
-    for every family. The exact per-run count is `trainer.plan.plan`'s (the tests use it)."""
+def reference_flops_per_token(size: str, shape: Shape, time_cond: str = "none") -> float:
+    """Training FLOPs per token of a ladder size at the shape's vocabulary and sequence length,
+    with the given time conditioning (core.ladder.TIME_CONDS): its layers run once per sequence
+    but at the laptop widths "adaln" (cond_dim 128) still adds ~1-6% per token at T = 128, enough
+    to move a size across f*, so each family's grid is centred on its own count. The exact
+    per-run count is `trainer.plan.plan`'s (the tests use it)."""
     cfg = model_config(size, vocab_size=shape.vocab_size + 1, out_vocab_size=shape.vocab_size,
-                       seq_len=shape.seq_len)
+                       seq_len=shape.seq_len, time_cond=time_cond)
     return train_flops_per_token(cfg)
 
 
-def centred_sizes(budget: float, k: int, shape: Shape, tokens_per_param: float) -> tuple[str, ...]:
+def centred_sizes(budget: float, k: int, shape: Shape, tokens_per_param: float,
+                  time_cond: str = "none") -> tuple[str, ...]:
     """k consecutive ladder sizes (by FLOPs/token) around f* = compute_optimal_flops_per_token:
     k // 2 strictly below f*, the rest above; shifted inwards where the ladder ends."""
     if not 2 <= k <= len(LADDER):
         raise ValueError(f"sizes_per_budget must be in [2, {len(LADDER)}], got {k}")
-    flops = {s: reference_flops_per_token(s, shape) for s in LADDER}
+    flops = {s: reference_flops_per_token(s, shape, time_cond) for s in LADDER}
     ladder = sorted(LADDER, key=flops.__getitem__)
     f_star = compute_optimal_flops_per_token(budget, tokens_per_param)
     below = sum(flops[s] < f_star for s in ladder)
@@ -65,7 +66,8 @@ def grid_runs(sweep: str, shape: Shape, grid: Grid, tokens_per_param: float) -> 
     for budget in grid.budgets:
         for family in grid.families:
             sizes = grid.sizes or centred_sizes(budget, grid.k_for(family), shape,
-                                                grid.ratio_for(family, tokens_per_param))
+                                                grid.ratio_for(family, tokens_per_param),
+                                                FAMILIES[family].time_cond_default)
             for knob in grid.knobs if FAMILIES[family].knob else (None,):
                 for size in sizes:
                     runs.append(make_run(sweep, shape, size=size, family=family, knob=knob,

@@ -224,7 +224,7 @@ def test_nan_rows_and_failed_runs_are_dropped_and_counted():
 
     def run(rid, status, step, loss, mlflow_id=None):
         return {"run_id": rid, "mlflow_run_id": mlflow_id or rid, "family": "masked",
-                "knob": np.nan, "budget": 1e18, "step": step, "n_total": 1e6, "n_nonembed": 5e5,
+                "knob": np.nan, "budget": 1e18, "step": step, "n_total": 1e6, "n_nonembed": 5e5, "n_backbone": 4e5,
                 "tokens": step * 1e3, "flops": step * 1e9, "val_nelbo": loss, "is_final": True,
                 "status": status}
 

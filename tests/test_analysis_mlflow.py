@@ -31,6 +31,7 @@ def _trial(client, exp_id, parent_id, *, family, size, budget, n, evals, status=
     run = client.create_run(exp_id, tags=tags)
     tokens_final = budget / (6 * n)
     params = {"model.n_layer": "2", "train.batch_size": "8", M.PARAM_N_TOTAL: str(int(n)),
+              M.PARAM_N_BACKBONE: str(int(n)),   # the N a fit uses by default: the planted N
               M.PARAM_N_NONEMBED: str(int(n * 0.6)), M.PARAM_FLOPS_PER_TOKEN: repr(6 * n),
               "tokens_per_step": "1024"}
     metrics = []

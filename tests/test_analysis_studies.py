@@ -33,6 +33,7 @@ def _trial(client, exp_id, parent, rid, i):
     run = client.create_run(exp_id, tags=tags)
     step = int(budget / 1e9)
     client.log_batch(run.info.run_id, params=[Param(M.PARAM_N_TOTAL, str(int(n))),
+                                              Param(M.PARAM_N_BACKBONE, str(int(n))),
                                               Param(M.PARAM_FLOPS_PER_TOKEN, repr(6 * n))],
                      metrics=[Metric(M.METRIC_LOSS, 5.0 - 0.1 * i, 0, step),
                               Metric(M.METRIC_FLOPS, budget, 0, step),

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from core import flops, flops_cli
-from core.ladder import LADDER, ModelConfig, model_config
+from core.ladder import LADDER, TIME_CONDS, ModelConfig, model_config
 from trainer.model.transformer import Transformer
 
 # Tiny configuration counted by hand below: L=2, d=8, T=4, V_out=10 (V_in=11: one mask token),
@@ -43,17 +43,38 @@ def test_hand_count_params_and_6n() -> None:
     non_emb = 2 * per_block + d  # + final norm = 1576
     total = non_emb + 11 * d + d * 10  # + embedding (V_in=11) + head (V_out=10) = 1744
     assert (non_emb, total) == (1576, 1744)
-    assert flops.param_counts(TINY) == (1576, 1744)
+    counts = flops.param_counts(TINY)
+    assert (counts.nonembed, counts.total) == (1576, 1744)
+    assert counts == flops.ParamCounts(backbone=1576, time_cond=0, embedding=168)
     assert flops.train_flops_per_token(TINY, "6N") == 6 * 1576 == 9456.0
 
 
 def test_hand_count_time_cond_amortised_per_token() -> None:
-    cfg = dataclasses.replace(TINY, time_cond=True)
+    # "adaln_full" is the pre-issue-13 layout (sinusoid d -> d -> d, adaLN from d): same counts.
+    cfg = dataclasses.replace(TINY, time_cond="adaln_full")
     L, d, T = 2, 8, 4
     per_sequence = 2 * 2 * d * d + L * 2 * 6 * d * d + 2 * 2 * d * d  # 256 + 1536 + 256 = 2048
     assert flops.forward_flops_per_token(cfg) == 3488 + per_sequence / T == 4000.0
     time_params = 2 * (d * d + d) + L * (6 * d * d + 6 * d) + (2 * d * d + 2 * d)  # 1152
-    assert flops.param_counts(cfg) == (1576 + time_params, 1744 + time_params)
+    counts = flops.param_counts(cfg)
+    assert (counts.nonembed, counts.total) == (1576 + time_params, 1744 + time_params)
+    assert (counts.backbone, counts.time_cond) == (1576, 1152)
+
+
+def test_hand_count_adaln_cond_dim() -> None:
+    # "adaln": sinusoid F = 256 -> Linear(256, c), SiLU, Linear(c, c); Linear(c, 6d) per block,
+    # Linear(c, 2d) final (2602.15014's DiT); c = cond_dim. Small c to count by hand: c = 4.
+    cfg = dataclasses.replace(TINY, time_cond="adaln", cond_dim=4)
+    L, d, T, F, c = 2, 8, 4, 256, 4
+    time_params = (F * c + c) + (c * c + c) + L * (6 * d * c + 6 * d) + (2 * d * c + 2 * d)
+    assert time_params == 1028 + 20 + 2 * 240 + 80 == 1608
+    per_sequence = 2 * (F * c + c * c) + L * 2 * 6 * c * d + 2 * 2 * c * d  # 2080 + 768 + 128
+    assert per_sequence == 2976
+    assert flops.forward_flops_per_token(cfg) == 3488 + per_sequence / T == 4232.0
+    assert flops.param_counts(cfg) == flops.ParamCounts(backbone=1576, time_cond=1608,
+                                                        embedding=168)
+    # The default condition width is 2602.15014's cond_dim, 128.
+    assert dataclasses.replace(TINY, time_cond="adaln").cond_dim == 128
 
 
 def test_hand_count_swiglu() -> None:
@@ -88,7 +109,8 @@ def _random_config(rng: random.Random) -> ModelConfig:
         seq_len=rng.randint(1, 2048),
         mlp=rng.choice(["gelu", "swiglu"]),
         mlp_ratio=rng.choice([2.0, 4.0, 8 / 3]),
-        time_cond=rng.random() < 0.5,
+        time_cond=rng.choice(sorted(TIME_CONDS)),
+        cond_dim=rng.choice([16, 128]),
     )
 
 
@@ -155,17 +177,19 @@ def _numel(cfg: ModelConfig) -> tuple[int, int]:
 @pytest.mark.parametrize("size", list(LADDER))
 def test_param_counts_match_built_model(size: str) -> None:
     for mlp in ("gelu", "swiglu"):
-        for time_cond in (False, True):
+        for time_cond in TIME_CONDS:
             cfg = model_config(
                 size, vocab_size=261, out_vocab_size=260, seq_len=128, mlp=mlp, time_cond=time_cond
             )
-            assert flops.param_counts(cfg) == _numel(cfg), (size, mlp, time_cond)
+            counts = flops.param_counts(cfg)
+            assert (counts.nonembed, counts.total) == _numel(cfg), (size, mlp, time_cond)
 
 
 def test_param_counts_match_on_cpu_build() -> None:
-    cfg = dataclasses.replace(TINY, time_cond=True, mlp="swiglu")
-    model = Transformer(cfg)
-    assert flops.param_counts(cfg)[1] == sum(p.numel() for p in model.parameters())
+    for time_cond in TIME_CONDS:
+        cfg = dataclasses.replace(TINY, time_cond=time_cond, mlp="swiglu")
+        model = Transformer(cfg)
+        assert flops.param_counts(cfg).total == sum(p.numel() for p in model.parameters())
 
 
 def test_flops_module_does_not_import_torch() -> None:
@@ -200,7 +224,7 @@ def test_hand_count_sahoo2026() -> None:
     assert flops.sahoo2026_forward_flops_per_token(TINY) == 3472.0
     assert flops.train_flops_per_token(TINY, "sahoo2026") == 3 * 3472.0
     # Time conditioning: the layers calflops sees once per (batch-1) sequence, amortised over T.
-    cond = dataclasses.replace(TINY, time_cond=True)
+    cond = dataclasses.replace(TINY, time_cond="adaln_full")
     assert flops.sahoo2026_forward_flops_per_token(cond) == 3472 + 2048 / T
 
 
@@ -214,20 +238,22 @@ def test_hand_count_vonruette2025() -> None:
     per_layer = 2 * (4 * d * d + 3 * d * 24) + 4 * T * d  # 1792
     assert flops.train_flops_per_token(swiglu, "vonruette2025") == 3 * L * per_layer == 10752
     # No time conditioning (2512.10858's model has none; it never enters M).
-    cond = dataclasses.replace(TINY, time_cond=True)
-    assert flops.train_flops_per_token(cond, "vonruette2025") == 9984
+    for option in ("adaln", "adaln_full"):
+        cond = dataclasses.replace(TINY, time_cond=option)
+        assert flops.train_flops_per_token(cond, "vonruette2025") == 9984
 
 
 def test_hand_count_6n_without_time_cond() -> None:
     backbone = 2 * (2 * 8 + 4 * 64 + 2 * 8 * 32) + 8  # 1576, as in the param_counts hand count
-    cond = dataclasses.replace(TINY, time_cond=True)
-    for name in ("6n", "vonruette2025-6n"):
+    cond = dataclasses.replace(TINY, time_cond="adaln_full")
+    for name in ("6n", "vonruette2025-6n", "6N"):
         assert flops.train_flops_per_token(TINY, name) == 6 * backbone == 9456
         assert flops.train_flops_per_token(cond, name) == 9456  # conditioning never enters N
     assert flops.backbone_params(cond) == backbone
     assert flops.time_cond_params(cond) == 1152 and flops.time_cond_params(TINY) == 0
-    # The legacy "6N" is unchanged: it counts the time layers as if they ran per token.
-    assert flops.train_flops_per_token(cond, "6N") == 6 * (backbone + 1152)
+    # "6N" is now an alias of "6n" (issue 13: it used to be 6 x (1576 + 1152) = 16368 here,
+    # charging the once-per-sequence time layers as if they ran per token).
+    assert flops.CONVENTIONS["6N"].per_token is flops.CONVENTIONS["6n"].per_token
 
 
 # scaling-dllms configs/flops/<size>.json: calflops forward FLOPs of one 2048-token sequence of
@@ -312,15 +338,16 @@ def _time_cond_numel(model: Transformer) -> int:
 @pytest.mark.parametrize("size", list(LADDER))
 def test_backbone_params_exclude_time_cond_on_built_model(size: str) -> None:
     for mlp in ("gelu", "swiglu"):
-        cfg = _ladder_cfg(size, 260, 128, mlp=mlp, time_cond=True)
-        with torch.device("meta"):
-            model = Transformer(cfg)
-        assert flops.time_cond_params(cfg) == _time_cond_numel(model)
-        assert flops.backbone_params(cfg) == model.num_params() - _time_cond_numel(model)
-        plain = dataclasses.replace(cfg, time_cond=False)
-        for name in ("6n", "vonruette2025-6n", "vonruette2025"):
-            assert flops.train_flops_per_token(cfg, name) == flops.train_flops_per_token(
-                plain, name)
+        for option in ("adaln", "adaln_full"):
+            cfg = _ladder_cfg(size, 260, 128, mlp=mlp, time_cond=option)
+            with torch.device("meta"):
+                model = Transformer(cfg)
+            assert flops.time_cond_params(cfg) == _time_cond_numel(model)
+            assert flops.backbone_params(cfg) == model.num_params() - _time_cond_numel(model)
+            plain = dataclasses.replace(cfg, time_cond="none")
+            for name in ("6n", "vonruette2025-6n", "vonruette2025", "6N"):
+                assert flops.train_flops_per_token(cfg, name) == flops.train_flops_per_token(
+                    plain, name)
 
 
 def test_cli_json_113m() -> None:
@@ -335,7 +362,7 @@ def test_cli_json_113m() -> None:
     cfg = ModelConfig(vocab_size=32001, out_vocab_size=32001, n_layer=12, d_model=768,
                       n_head=12, seq_len=2048)
     assert out["n_nonembed"] == flops.backbone_params(cfg) == 12 * (12 * 768**2 + 2 * 768) + 768
-    assert out["n_total"] == flops.param_counts(cfg)[1]
+    assert out["n_total"] == flops.param_counts(cfg).total
     assert out["flops_per_token_by_convention"] == flops.flops_per_token_by_convention(cfg)
 
 

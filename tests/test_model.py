@@ -21,12 +21,12 @@ def _tokens(seed: int, B: int = 3, T: int = 16, V: int = 32) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("mlp", ["gelu", "swiglu"])
-@pytest.mark.parametrize("time_cond", [False, True])
-def test_output_shape(mlp: str, time_cond: bool) -> None:
+@pytest.mark.parametrize("time_cond", ["none", "adaln", "adaln_full"])
+def test_output_shape(mlp: str, time_cond: str) -> None:
     torch.manual_seed(0)
-    model = Transformer(dataclasses.replace(BASE, mlp=mlp, time_cond=time_cond))
+    model = Transformer(dataclasses.replace(BASE, mlp=mlp, time_cond=time_cond, cond_dim=16))
     idx = _tokens(0, B=3, T=10)  # shorter than seq_len is allowed
-    t = torch.rand(3) if time_cond else None
+    t = torch.rand(3) if time_cond != "none" else None
     out = model(idx, t)
     assert out.shape == (3, 10, 32)
     positions = torch.rand(3, 10, generator=torch.Generator().manual_seed(1)) < 0.4
@@ -40,8 +40,11 @@ def test_t_required_iff_time_cond() -> None:
     idx = _tokens(0)
     with pytest.raises(ValueError, match="time_cond"):
         Transformer(BASE)(idx, torch.rand(3))
-    with pytest.raises(ValueError, match="time_cond"):
-        Transformer(dataclasses.replace(BASE, time_cond=True))(idx)
+    for option in ("adaln", "adaln_full"):
+        with pytest.raises(ValueError, match="time_cond"):
+            Transformer(dataclasses.replace(BASE, time_cond=option))(idx)
+    with pytest.raises(ValueError, match="time_cond"):   # the pre-issue-13 bool is not a name
+        dataclasses.replace(BASE, time_cond=True)
     with pytest.raises(ValueError, match="seq_len"):
         Transformer(BASE)(_tokens(0, T=17))
 
@@ -74,9 +77,10 @@ def test_rotary_makes_bidirectional_model_position_aware() -> None:
         assert not torch.allclose(model(idx)[:, perm], model(idx[:, perm]), atol=1e-4)
 
 
-def test_time_cond_zero_init_then_depends_on_t() -> None:
+@pytest.mark.parametrize("option", ["adaln", "adaln_full"])
+def test_time_cond_zero_init_then_depends_on_t(option: str) -> None:
     torch.manual_seed(0)
-    cfg = dataclasses.replace(BASE, time_cond=True)
+    cfg = dataclasses.replace(BASE, time_cond=option)
     model = Transformer(cfg).eval()
     idx = _tokens(3)
     t0, t1 = torch.full((3,), 0.1), torch.full((3,), 0.9)

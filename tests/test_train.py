@@ -41,6 +41,10 @@ def check_contents(client, run, cfg: RunConfig):
     assert p["size"] == cfg.size and p["train.batch_size"] == str(cfg.train.batch_size)
     assert p["noise.family"] == cfg.noise.family and "data.vocab_size" in p
     assert int(p["n_params_nonembed"]) > 0 and int(p["n_params_total"]) > int(p["n_params_nonembed"])
+    # N (backbone) and the time conditioning are logged apart (issue 13, item 1)
+    assert int(p["n_params_backbone"]) + int(p["n_params_time_cond"]) == int(p["n_params_nonembed"])
+    assert p["time_cond_resolved"] == cfg.resolved_time_cond()
+    assert (int(p["n_params_time_cond"]) > 0) == cfg.use_time_cond()
     tags = run.data.tags
     assert tags["dlm.run_id"] == cfg.run_id() and tags["dlm.family"] == cfg.noise.family
     assert tags["dlm.step_unit"] == "GFLOP" and tags["dlm.size"] == cfg.size

@@ -16,7 +16,7 @@ from typing import Any
 
 from trainer.data.loader import DataConfig
 from core.flops import CONVENTIONS
-from core.ladder import LADDER, MLP_HIDDEN
+from core.ladder import COND_DIM, LADDER, MLP_HIDDEN, TIME_CONDS
 from trainer.families.registry import FAMILIES, NoiseConfig
 
 SCHEDULES = ("cosine", "wsd")
@@ -48,7 +48,7 @@ class TrainConfig:
     seed: int = 0
     """Seeds the init, the batch order and the training noise."""
     flop_convention: str = "matmul"
-    """FLOP counting convention of core.flops ('matmul' or '6N')."""
+    """FLOP counting convention, a key of core.flops.CONVENTIONS ('matmul', 'sahoo2026', ...)."""
     data_pool_tokens: int | None = None
     """Data-bound mode: draw windows from only the first this-many training tokens (repeated epochs)."""
     evals: int = 8
@@ -157,8 +157,11 @@ class RunConfig:
     """Ladder size name (core.ladder.LADDER)."""
     mlp: str = "gelu"
     """MLP kind ('gelu' or 'swiglu')."""
-    time_cond: bool | None = None
-    """adaLN time conditioning; None -> the family's default (off for masked, on for uniform/interp)."""
+    time_cond: str | None = None
+    """Time conditioning, a key of core.ladder.TIME_CONDS ('none', 'adaln', 'adaln_full'); None ->
+    the family's default (FamilySpec.time_cond_default: 'adaln' for uniform, else 'none')."""
+    cond_dim: int = COND_DIM
+    """Condition width of 'adaln' (features; 2602.15014's cond_dim, 128); unused otherwise."""
     noise: NoiseConfig = field(default_factory=NoiseConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -173,17 +176,27 @@ class RunConfig:
             raise ValueError(f"size: unknown ladder size {self.size!r}; known: {', '.join(LADDER)}")
         if self.mlp not in MLP_HIDDEN:
             raise ValueError(f"mlp must be one of {sorted(MLP_HIDDEN)}, got {self.mlp!r}")
-        if FAMILIES[self.noise.family].causal and self.time_cond:
+        if self.time_cond is not None and self.time_cond not in TIME_CONDS:
+            raise ValueError(f"time_cond must be one of {sorted(TIME_CONDS)} or null (the family's "
+                             f"default), got {self.time_cond!r}")
+        if FAMILIES[self.noise.family].causal and self.resolved_time_cond() != "none":
             raise ValueError(f"time_cond: the {self.noise.family} family has no diffusion time")
+        if self.cond_dim < 1:
+            raise ValueError(f"cond_dim must be a positive integer, got {self.cond_dim}")
         for name in ("batch_size", "eval_seqs"):                 # each rank takes an equal share
             if getattr(self.train, name) % self.engine.workers:
                 raise ValueError(f"train.{name} ({getattr(self.train, name)}) must be divisible by "
                                  f"engine.workers ({self.engine.workers})")
 
-    def use_time_cond(self) -> bool:
+    def resolved_time_cond(self) -> str:
+        """The time-conditioning option this run's model uses (its own, else the family's)."""
         if self.time_cond is not None:
             return self.time_cond
         return FAMILIES[self.noise.family].time_cond_default
+
+    def use_time_cond(self) -> bool:
+        """Whether the model reads t (the resolved option is not 'none')."""
+        return self.resolved_time_cond() != "none"
 
     # --- identity -----------------------------------------------------------------------------
     def science(self) -> dict:
@@ -191,6 +204,9 @@ class RunConfig:
         d = self.to_dict()
         del d["engine"], d["io"]
         d["data"].pop("cache_dir", None)
+        # What the model does, not how the default was reached: a family whose default changes
+        # gets new run ids instead of resuming (or skipping as finished) the old model's runs.
+        d["time_cond"] = self.resolved_time_cond()
         return d
 
     def run_id(self) -> str:

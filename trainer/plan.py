@@ -24,7 +24,13 @@ class Plan:
     steps: int
     flops_per_step: float
     eval_steps: list[int]
+    n_backbone: int
+    """Per-token non-embedding parameters: the N the laws are fitted on, equal for every family
+    at one ladder size (core.flops.backbone_params)."""
+    n_time_cond: int
+    """Time-conditioning parameters (run once per sequence; never in N or a 6N-style count)."""
     n_nonembed: int
+    """n_backbone + n_time_cond: everything but the embedding and head (the pre-issue-13 N)."""
     n_total: int
 
 
@@ -37,7 +43,7 @@ def plan(cfg: RunConfig, vocab_size: int) -> Plan:
     tc = cfg.train
     mcfg = model_config(cfg.size, vocab_size=spec.input_vocab_size(vocab_size),
                         out_vocab_size=vocab_size, seq_len=tc.seq_len, causal=spec.causal,
-                        time_cond=cfg.use_time_cond(), mlp=cfg.mlp)
+                        time_cond=cfg.resolved_time_cond(), cond_dim=cfg.cond_dim, mlp=cfg.mlp)
     tokens_per_step = tc.batch_size * tc.seq_len
     try:
         steps = steps_for_budget(tc.budget_flops, mcfg, tokens_per_step, tc.flop_convention)
@@ -48,5 +54,6 @@ def plan(cfg: RunConfig, vocab_size: int) -> Plan:
     if len({flop_step(s * per_step) for s in evals}) < len(evals):
         raise ValueError(f"train.evals: {tc.evals} evaluations over {tc.budget_flops:.3g} FLOPs are "
                          f"closer than 1 {STEP_UNIT} (the metric step unit); use fewer")
-    nonemb, total = param_counts(mcfg)
-    return Plan(cfg, cfg.run_id(), mcfg, steps, per_step, evals, nonemb, total)
+    n = param_counts(mcfg)
+    return Plan(cfg, cfg.run_id(), mcfg, steps, per_step, evals, n_backbone=n.backbone,
+                n_time_cond=n.time_cond, n_nonembed=n.nonembed, n_total=n.total)

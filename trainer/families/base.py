@@ -124,7 +124,7 @@ class NoiseFamily(ABC):
         return self.spec.uses_mask_token
 
     @property
-    def time_cond_default(self) -> bool:
+    def time_cond_default(self) -> str:
         return self.spec.time_cond_default
 
     @property

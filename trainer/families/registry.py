@@ -20,6 +20,8 @@ import importlib
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
+from core.ladder import TIME_CONDS
+
 if TYPE_CHECKING:
     from trainer.families.base import NoiseFamily
 
@@ -54,8 +56,9 @@ class FamilySpec:
     """Causal attention (the autoregressive baseline); no diffusion time, so no time conditioning."""
     uses_mask_token: bool = False
     """The model's input vocabulary is V + 1 (mask id = V); the output is always the V real tokens."""
-    time_cond_default: bool = False
-    """adaLN conditioning on t unless RunConfig.time_cond says otherwise."""
+    time_cond_default: str = "none"
+    """Time conditioning (a key of core.ladder.TIME_CONDS) unless RunConfig.time_cond says
+    otherwise; each family's choice follows the paper that defines it (see FAMILIES)."""
     train_losses: tuple[str, ...] = ("elbo",)
     """NoiseConfig.train_loss values the family implements."""
     default_train_loss: str = "elbo"
@@ -69,7 +72,10 @@ class FamilySpec:
         if self.default_train_loss not in self.train_losses:
             raise ValueError(f"family {self.name!r}: default_train_loss {self.default_train_loss!r} "
                              f"is not one of its train_losses {self.train_losses}")
-        if self.causal and self.time_cond_default:
+        if self.time_cond_default not in TIME_CONDS:
+            raise ValueError(f"family {self.name!r}: time_cond_default must be one of "
+                             f"{sorted(TIME_CONDS)}, got {self.time_cond_default!r}")
+        if self.causal and self.time_cond_default != "none":
             raise ValueError(f"family {self.name!r}: a causal family has no diffusion time")
 
     def input_vocab_size(self, vocab_size: int) -> int:
@@ -82,16 +88,29 @@ class FamilySpec:
         return getattr(importlib.import_module(module), name)
 
 
+# Time-conditioning defaults, each from the code of the paper the family reproduces:
+#  - autoregressive "none": causal, no diffusion time. (2602.15014's AR runs its DiT with adaLN on
+#    and a dummy t = 0: scaling-dllms algo.py AR.nll; a constant input makes adaLN a learned
+#    per-layer affine, not conditioning.)
+#  - masked "none": MDLM in 2602.15014 (scaling-dllms configs/algo/mdlm.yaml time_conditioning:
+#    False; trainer_base.Diffusion._process_sigma zeroes sigma) — its adaLN layers likewise only
+#    ever see t = 0, so "none" is the same model up to those constant affines.
+#  - uniform "adaln" (cond_dim 128): Duo in 2602.15014 (configs/algo/duo_base.yaml
+#    time_conditioning: True, asserted by trainer_base.UniformState; configs/model/*.yaml
+#    cond_dim: 128; models/dit.py TimestepEmbedder + adaLN_modulation = Linear(cond_dim, 6·dim)).
+#  - interpolating "none": GIDD in 2512.10858 (erfanzar/EasyDeL easydel/modules/gidd/
+#    modeling_gidd.py GiddModel.__call__ takes log_snr and never uses it; gidd-easydel's PyTorch
+#    port gidd_easydel/model/modeling_gidd_hf.py has no time input at all).
 FAMILIES: dict[str, FamilySpec] = {spec.name: spec for spec in (
     # The baseline first: registry order is ALL_FAMILIES' run order (sweeps/recipe.py).
     FamilySpec(name="autoregressive", impl="trainer.families.autoregressive:Autoregressive",
                causal=True, train_losses=("elbo", "ce")),
-    # MDLM: time conditioning unnecessary for masked diffusion; 2602.15014's cheaper CE by default.
+    # MDLM: no time conditioning (above); 2602.15014's cheaper CE by default.
     FamilySpec(name="masked", impl="trainer.families.masked:Masked", uses_mask_token=True,
                train_losses=("elbo", "ce"), default_train_loss="ce"),
-    FamilySpec(name="uniform", impl="trainer.families.uniform:Uniform", time_cond_default=True),
+    FamilySpec(name="uniform", impl="trainer.families.uniform:Uniform", time_cond_default="adaln"),
     FamilySpec(name="interpolating", impl="trainer.families.interpolating:Interpolating",
-               uses_mask_token=True, time_cond_default=True,
+               uses_mask_token=True, time_cond_default="none",
                knob=Knob(field="uniform_share", lo=0.0, hi=1.0,
                          label="uniform share p_u of the noise at log-SNR 0 (0 = masked, 1 = uniform)")),
 )}
@@ -165,12 +184,12 @@ def build_family(cfg: NoiseConfig, vocab_size: int) -> NoiseFamily:
 
 def describe() -> str:
     """The registry as a table (`python -m trainer.families.registry`)."""
-    rows = [f"{'family':<15} {'causal':<7} {'mask':<5} {'t-cond':<7} {'losses (default)':<17} knob"]
+    rows = [f"{'family':<15} {'causal':<7} {'mask':<5} {'t-cond':<10} {'losses (default)':<17} knob"]
     for s in FAMILIES.values():
         losses = f"{','.join(s.train_losses)} ({s.default_train_loss})"
         knob = "-" if s.knob is None else f"{s.knob.field} in [{s.knob.lo:g}, {s.knob.hi:g}]: {s.knob.label}"
         rows.append(f"{s.name:<15} {s.causal!s:<7} {s.uses_mask_token!s:<5} "
-                    f"{s.time_cond_default!s:<7} {losses:<17} {knob}")
+                    f"{s.time_cond_default:<10} {losses:<17} {knob}")
     return "\n".join(rows)
 
 

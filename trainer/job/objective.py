@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from core.ladder import takes_t
 from trainer.families.base import NoiseFamily, NoisyBatch
 
 VAL_T_POWER = 2.0  # importance sampling of t for validation (t = u²): see families.base.stratified_t
@@ -17,8 +18,8 @@ VAL_T_POWER = 2.0  # importance sampling of t for validation (t = u²): see fami
 def forward(model: nn.Module, batch: NoisyBatch, positions: torch.Tensor | None = None) -> torch.Tensor:
     """(B, T, V) logits, or the (n, V) rows of a (B, T) bool mask `positions`. Time-conditioned
     models get t; others ignore it."""
-    time_cond = getattr(model, "module", model).cfg.time_cond     # unwrap a DeepSpeed engine
-    t = batch.t if time_cond else None
+    conditioned = takes_t(getattr(model, "module", model).cfg)     # unwrap a DeepSpeed engine
+    t = batch.t if conditioned else None
     return model(batch.inputs, t) if positions is None else model(batch.inputs, t, positions)
 
 

@@ -69,7 +69,9 @@ def _tags(p: Plan) -> dict[str, str]:
 
 def _params(p: Plan) -> dict[str, str]:
     tc = p.cfg.train
-    return {**p.cfg.flat(), M.PARAM_N_NONEMBED: str(p.n_nonembed), M.PARAM_N_TOTAL: str(p.n_total),
+    return {**p.cfg.flat(), M.PARAM_N_BACKBONE: str(p.n_backbone),
+            M.PARAM_N_TIME_COND: str(p.n_time_cond), M.PARAM_TIME_COND: p.model_cfg.time_cond,
+            M.PARAM_N_NONEMBED: str(p.n_nonembed), M.PARAM_N_TOTAL: str(p.n_total),
             M.PARAM_FLOPS_PER_TOKEN: repr(p.flops_per_step / (tc.batch_size * tc.seq_len)),
             M.PARAM_TOKENS_PER_STEP: str(tc.batch_size * tc.seq_len), M.PARAM_STEPS: str(p.steps)}
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from core.ladder import ModelConfig
+from core.ladder import ModelConfig, takes_t
 
 
 class LayerCache:
@@ -29,7 +29,7 @@ class KVCache:
     (`Transformer.decode`) costs one new position per step instead of re-running the prefix."""
 
     def __init__(self, cfg: ModelConfig, batch: int, device=None, dtype=torch.float32) -> None:
-        if not cfg.causal or cfg.time_cond:
+        if not cfg.causal or takes_t(cfg):
             raise ValueError("a KV cache needs a causal model without time conditioning "
                              f"(causal={cfg.causal}, time_cond={cfg.time_cond})")
         shape = (batch, cfg.n_head, cfg.seq_len, cfg.head_dim())

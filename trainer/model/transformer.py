@@ -7,12 +7,16 @@ nothing else (no trainer, no noise family). Opinionated choices that matter for 
   bidirectional model with learned absolute positions stalls at the unigram level at these sizes.
 - untied input embedding / output head: the input has one more row than the output when a family
   needs a mask token, and the mask token is never predicted.
-- optional adaLN time conditioning (DiT, Peebles & Xie 2023) with a zero-initialised modulation, so
-  a fresh time-conditioned model computes exactly the same function as an unconditioned one.
+- optional adaLN time conditioning (DiT, Peebles & Xie 2023), one of core.ladder.TIME_CONDS: a
+  sinusoid of t (F features) -> time MLP -> a c-wide condition -> Linear(c, 6d) per block and
+  Linear(c, 2d) before the head, as 2602.15014's DiT builds it (s-sahoo/scaling-dllms
+  models/dit.py). The modulation is zero-initialised, so a fresh time-conditioned model computes
+  exactly the same function as an unconditioned one.
 
 Shapes: B batch, T sequence length, d model width, H heads, D = d / H head width, V_out classes.
 Imports only torch, the standard library and core.ladder; `python -m trainer.model.transformer`
-prints the size ladder, each size counted by building its model on the meta device.
+prints the size ladder with its parameter counts by role (backbone N, time conditioning,
+embedding), each size counted by building its model on the meta device.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.ladder import LADDER, ModelConfig, model_config
+from core.ladder import LADDER, TIME_CONDS, ModelConfig, model_config, time_widths
 
 if TYPE_CHECKING:
     from trainer.model.kvcache import KVCache, LayerCache
@@ -147,8 +151,9 @@ class Block(nn.Module):
         self.attn = Attention(cfg)
         self.norm2 = nn.RMSNorm(cfg.d_model, eps=1e-6)
         self.mlp = MLPS[cfg.mlp](cfg)
-        # silu(c) (B, d) -> (shift, scale, gate) for attention and for MLP: (B, 6d)
-        self.ada = nn.Linear(cfg.d_model, 6 * cfg.d_model) if cfg.time_cond else None
+        # silu(c) (B, c) -> (shift, scale, gate) for attention and for MLP: (B, 6d)
+        widths = time_widths(cfg)
+        self.ada = None if widths is None else nn.Linear(widths[1], 6 * cfg.d_model)
 
     def forward(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, c: torch.Tensor | None,
@@ -175,10 +180,13 @@ class Transformer(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.norm_f = nn.RMSNorm(d, eps=1e-6)
         self.head = nn.Linear(d, cfg.out_vocab_size, bias=False)
-        if cfg.time_cond:
-            # sinusoid(t) (B, d) -> c (B, d); computed once per sequence, shared by all blocks
-            self.time_mlp = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
-            self.ada_f = nn.Linear(d, 2 * d)  # silu(c) -> (shift, scale) of the final norm
+        self.time_widths = time_widths(cfg)  # (F, c), or None: no time input
+        if self.time_widths is not None:
+            F_, c = self.time_widths
+            # sinusoid(t) (B, F) -> condition (B, c); computed once per sequence, shared by all
+            # blocks (scaling-dllms TimestepEmbedder: Linear(256, c), SiLU, Linear(c, c))
+            self.time_mlp = nn.Sequential(nn.Linear(F_, c), nn.SiLU(), nn.Linear(c, c))
+            self.ada_f = nn.Linear(c, 2 * d)  # silu(c) -> (shift, scale) of the final norm
         cos, sin = rotary_tables(cfg.seq_len, cfg.head_dim(), cfg.rope_base)
         self.register_buffer("rope_cos", cos, persistent=False)  # (seq_len, D/2)
         self.register_buffer("rope_sin", sin, persistent=False)
@@ -203,7 +211,7 @@ class Transformer(nn.Module):
             if block.ada is not None:
                 nn.init.zeros_(block.ada.weight)
                 nn.init.zeros_(block.ada.bias)
-        if self.cfg.time_cond:
+        if self.time_widths is not None:
             # Fan-in init (std 1/sqrt(d)) keeps c = time_mlp(sinusoid(t)) at O(1) scale. With
             # init_std 0.02 two layers shrink c to ~1e-3 at d=32, so both the t signal and the
             # gradient reaching the zero-initialised adaLN weights (proportional to c) vanish.
@@ -214,24 +222,24 @@ class Transformer(nn.Module):
 
     def forward(self, idx: torch.Tensor, t: torch.Tensor | None = None,
                 positions: torch.Tensor | None = None) -> torch.Tensor:
-        """idx (B, T) token ids < vocab_size; t (B,) diffusion time in [0, 1] iff time_cond.
+        """idx (B, T) token ids < vocab_size; t (B,) diffusion time in [0, 1] iff conditioned.
         Logits (B, T, V_out); with `positions` (a (B, T) bool mask) only those rows, (n, V_out) in
         row-major order: the output head, the widest matmul of a small model, runs only where the
         loss can be non-zero (masked diffusion scores its masked positions only)."""
         B, T = idx.shape
         if T > self.cfg.seq_len:
             raise ValueError(f"sequence length {T} exceeds seq_len {self.cfg.seq_len}")
-        if self.cfg.time_cond != (t is not None):
+        if (self.time_widths is not None) != (t is not None):
             raise ValueError(
-                f"t must be given iff time_cond (time_cond={self.cfg.time_cond}, t given: "
-                f"{t is not None})"
+                f"t must be given iff time_cond is not 'none' (time_cond={self.cfg.time_cond!r}, "
+                f"t given: {t is not None})"
             )
         c = None
         if t is not None:
             if t.shape != (B,):
                 raise ValueError(f"t must have shape ({B},), got {tuple(t.shape)}")
-            emb = timestep_embedding(t, self.cfg.d_model).to(self.embed.weight.dtype)  # (B, d)
-            c = F.silu(self.time_mlp(emb))  # (B, d); every adaLN linear reads silu(c), as in DiT
+            emb = timestep_embedding(t, self.time_widths[0]).to(self.embed.weight.dtype)  # (B, F)
+            c = F.silu(self.time_mlp(emb))  # (B, c); every adaLN linear reads silu(c), as in DiT
         cos, sin = self.rope_cos[:T], self.rope_sin[:T]  # (T, D/2)
         x = self.embed(idx)  # (B, T, d)
         for block in self.blocks:
@@ -263,11 +271,25 @@ class Transformer(nn.Module):
 
     def num_params(self, non_embedding: bool = True) -> int:
         """Parameter count; non-embedding excludes the token embedding and the output head only
-        (norms and time-conditioning layers count as non-embedding)."""
+        (norms and time-conditioning layers count as non-embedding). The N of the scaling laws
+        is `param_groups()["backbone"]`, which leaves out the time conditioning too."""
         total = sum(p.numel() for p in self.parameters())
         if non_embedding:
             total -= self.embed.weight.numel() + self.head.weight.numel()
         return total
+
+    def param_groups(self) -> dict[str, int]:
+        """Parameters by role, counted on the module tree: "embedding" (token embedding + head),
+        "time_cond" (time MLP, every adaLN linear: run once per sequence) and "backbone" (the
+        rest: blocks and final norm, run at every token). core.flops.param_counts computes the
+        same three analytically."""
+        embedding = self.embed.weight.numel() + self.head.weight.numel()
+        time_layers = [getattr(self, "time_mlp", None), getattr(self, "ada_f", None),
+                       *(block.ada for block in self.blocks)]
+        time_cond = sum(p.numel() for m in time_layers if m is not None for p in m.parameters())
+        total = sum(p.numel() for p in self.parameters())
+        return {"backbone": total - embedding - time_cond, "time_cond": time_cond,
+                "embedding": embedding}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -275,17 +297,20 @@ class Transformer(nn.Module):
 # ---------------------------------------------------------------------------------------------
 
 
-def ladder_rows(vocab: int, seq_len: int) -> list[tuple[str, int, int, int, int, int]]:
-    """(name, layers, width, heads, non-embedding params, total params) per ladder size, counted
-    by building each model on the meta device (no memory, no init cost)."""
+def ladder_rows(vocab: int, seq_len: int, time_cond: str = "none", cond_dim: int | None = None
+                ) -> list[tuple[str, int, int, int, int, int, int, int]]:
+    """(name, layers, width, heads, backbone N, time-conditioning params, embedding params, total)
+    per ladder size, counted by building each model on the meta device (no memory, no init cost)."""
+    extra = {} if cond_dim is None else {"cond_dim": cond_dim}
     rows = []
     for name, s in LADDER.items():
-        cfg = model_config(name, vocab_size=vocab, out_vocab_size=vocab, seq_len=seq_len)
+        cfg = model_config(name, vocab_size=vocab, out_vocab_size=vocab, seq_len=seq_len,
+                           time_cond=time_cond, **extra)
         with torch.device("meta"):
             model = Transformer(cfg)
-        rows.append(
-            (name, s.n_layer, s.d_model, s.n_head, model.num_params(), model.num_params(False))
-        )
+        g = model.param_groups()
+        rows.append((name, s.n_layer, s.d_model, s.n_head, g["backbone"], g["time_cond"],
+                     g["embedding"], sum(g.values())))
     return rows
 
 
@@ -293,11 +318,20 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Print the model size ladder.")
     parser.add_argument("--vocab", type=int, default=512, help="input = output vocabulary size")
     parser.add_argument("--seq-len", type=int, default=128, help="maximum sequence length")
+    parser.add_argument("--time-cond", choices=sorted(TIME_CONDS), default="adaln",
+                        help="time conditioning counted in the t-cond column (default %(default)s)")
+    parser.add_argument("--cond-dim", type=int, default=None, help="adaln condition width")
     args = parser.parse_args(argv)
-    print(f"ladder (gelu, ratio 4), vocab {args.vocab}, seq_len {args.seq_len}")
-    print(f"{'name':<10} {'layers':>6} {'width':>6} {'heads':>6} {'non-emb':>14} {'total':>14}")
-    for name, n_layer, d, h, non_emb, total in ladder_rows(args.vocab, args.seq_len):
-        print(f"{name:<10} {n_layer:>6} {d:>6} {h:>6} {non_emb:>14,} {total:>14,}")
+    print(f"ladder (gelu, ratio 4), vocab {args.vocab}, seq_len {args.seq_len}, "
+          f"time_cond {args.time_cond}: {TIME_CONDS[args.time_cond].summary}")
+    print("N = backbone: per-token non-embedding parameters, the same for every family; the "
+          "laws are fitted on it")
+    print(f"{'name':<10} {'layers':>6} {'width':>6} {'heads':>6} {'N (backbone)':>14} "
+          f"{'t-cond':>10} {'embedding':>12} {'total':>14}")
+    for name, n_layer, d, h, backbone, tc, emb, total in ladder_rows(
+            args.vocab, args.seq_len, args.time_cond, args.cond_dim):
+        print(f"{name:<10} {n_layer:>6} {d:>6} {h:>6} {backbone:>14,} {tc:>10,} {emb:>12,} "
+              f"{total:>14,}")
 
 
 if __name__ == "__main__":

@@ -49,6 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from core.ladder import takes_t
 from trainer.model.kvcache import KVCache
 
 if TYPE_CHECKING:     # the families import their samplers from here
@@ -121,7 +122,7 @@ def _alpha(family: NoiseFamily, t: float) -> float:
 
 def _call(model: nn.Module, z: Tensor, t: float) -> Tensor:
     """Logits (n, T, V) of z (n, T) at time t; t is passed only to a time-conditioned model."""
-    return model(z, _time(t, z.shape[0], z.device) if model.cfg.time_cond else None)
+    return model(z, _time(t, z.shape[0], z.device) if takes_t(model.cfg) else None)
 
 
 class MaskedAncestral(Sampler):
@@ -134,7 +135,7 @@ class MaskedAncestral(Sampler):
         probs, nfe = None, 0
         for k in range(steps):
             t, s = 1.0 - k / steps, 1.0 - (k + 1) / steps
-            if probs is None or model.cfg.time_cond:          # z changed, or the output depends on t
+            if probs is None or takes_t(model.cfg):           # z changed, or the output depends on t
                 probs, nfe = _probs(_call(model, z, t), temperature), nfe + 1   # (n, T, V)
             a_t, a_s = _alpha(family, t), _alpha(family, s)
             p_unmask = 1.0 if k == steps - 1 else (a_s - a_t) / (1.0 - a_t)
