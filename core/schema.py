@@ -48,7 +48,14 @@ Trial params
 
 Trial metrics (each logged at step = cumulative GFLOP at that evaluation)
     ``val_nelbo``  validation NELBO in nats/token: the quantity the laws are fitted to.
-    ``train_loss`` training loss; ``tokens`` cumulative training tokens; ``flops`` cumulative
+    ``train_loss`` the training loss as optimised (NoiseConfig.train_loss), averaged over the steps
+                   since the previous evaluation, in its paper's normalisation, per loss position:
+                   'elbo' the NELBO integrand (at t_min = 0 an estimate of val_nelbo's quantity);
+                   'ce' (masked: 2602.15014's low_var) cross-entropy summed over the masked
+                   positions / *all* positions (~ half the mean over masked positions);
+                   autoregressive: next-token NLL; 'gidd' (2512.10858) the integrand × α(1−α)/|α'|.
+                   Only 'elbo' and autoregressive are on val_nelbo's scale: compare runs on that.
+    ``tokens`` cumulative training tokens; ``flops`` cumulative
     training FLOPs (float); ``wall_time_s``; ``tokens_per_s``; ``mfu``; ``epoch``; ``lr``.
     The final evaluation of a run is its point with the largest step; the run's MLflow status
     (FINISHED / FAILED / RUNNING) says whether that point is a finished run's end.

@@ -167,7 +167,9 @@ def test_autoregressive_unigram_nll_is_entropy(p):
     nll = fam.nelbo(p.log().float().expand(1, V, V), batch)[0].double()
     assert (nll * p).sum().item() == pytest.approx(entropy(p), abs=1e-6)
     b2 = fam.prepare(window)
-    assert torch.equal(b2.targets, window[:, 1:]) and torch.equal(b2.inputs, window[:, :-1])
+    # issue 13: the same T tokens as diffusion (window[:, :T]), read after <|endoftext|> (id 0)
+    assert torch.equal(b2.targets, window[:, :-1])
+    assert torch.equal(b2.inputs, torch.cat([torch.zeros_like(window[:, :1]), window[:, :-2]], 1))
     assert fam.causal and not any(FAMILIES[n].causal for n in FAMILIES if n != "autoregressive")
 
 
@@ -204,8 +206,9 @@ def test_training_loss_options():
     with pytest.raises(ValueError, match="uniform_share"):
         NoiseConfig(family="interpolating", uniform_share=1.5)
     assert NoiseConfig(family="masked").resolved_train_loss() == "ce"
-    assert NoiseConfig(family="uniform").resolved_train_loss() == "elbo"
-    # CE on masked positions only: with the masked ELBO weight 1/t removed it equals mean NLL there
+    assert NoiseConfig(family="uniform").resolved_train_loss() == "gidd"      # issue 13: was "elbo"
+    # CE on masked positions only: with the masked ELBO weight 1/t removed it is the NLL there,
+    # summed and divided by all positions (issue 13: 2602.15014's low_var; was nll[m].mean())
     fam = build_family(NoiseConfig(family="masked"), V)
     g = torch.Generator().manual_seed(9)
     batch = fam.prepare(torch.randint(0, V, (32, 65), generator=g), g)
@@ -213,7 +216,7 @@ def test_training_loss_options():
     lp = torch.log_softmax(logits, -1)
     nll = -lp.gather(-1, batch.targets[..., None])[..., 0]
     m = batch.inputs == fam.mask_id
-    assert fam.loss(logits, batch, "ce").item() == pytest.approx(nll[m].mean().item(), rel=1e-5)
+    assert fam.loss(logits, batch, "ce").item() == pytest.approx(nll[m].sum().item() / m.numel(), rel=1e-5)
     # weight clipping lowers the ELBO training loss (weights 1/t > 1 are cut to 1)
     clipped = build_family(NoiseConfig(family="masked", train_loss="elbo", weight_clip=1.0), V)
     assert clipped.loss(logits, batch).item() < fam.loss(logits, batch, "elbo").item()

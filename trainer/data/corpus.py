@@ -36,6 +36,9 @@ CLEANING_VERSION = 1
 # Document separator token of the tokenizer; a literal occurrence inside a text would be read as a
 # document boundary, so cleaning removes it.
 EOT_TEXT = "<|endoftext|>"
+EOT_ID = 0
+"""Its id: the tokenizer's first special token (token_cache.train_tokenizer checks it). The
+autoregressive family starts every window from it (families/autoregressive.py)."""
 
 TEXT_SUFFIXES = (".txt", ".md")
 

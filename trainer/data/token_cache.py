@@ -24,7 +24,7 @@ from typing import Iterator
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from trainer.data.corpus import EOT_TEXT, CorpusError, Document
+from trainer.data.corpus import EOT_ID, EOT_TEXT, CorpusError, Document
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,8 @@ def train_tokenizer(texts: list[str], vocab_size: int) -> Tokenizer:
         show_progress=False,
     )
     tok.train_from_iterator(texts, trainer=trainer, length=len(texts))
+    if tok.token_to_id(EOT_TEXT) != EOT_ID:                  # AR windows start from EOT_ID
+        raise CorpusError(f"{EOT_TEXT} got id {tok.token_to_id(EOT_TEXT)}, not {EOT_ID}")
     return tok
 
 

@@ -36,10 +36,13 @@ predictor that outputs the data distribution makes the reverse process exact: on
 the unigram predictor x̂ = p gives NELBO = H(p) (tests/test_noise.py checks this on a t-grid).
 
 Conventions: x, z are LongTensors (B, T) [or any shape]; log_probs (..., V) are log x̂ over the V real
-tokens (the mask is never predicted); t is (B,) broadcast over positions. All losses are in nats.
+tokens (the mask is never predicted); t is (B,) broadcast over positions, or (B, T) per token
+(NoiseConfig.p_independent). All losses are in nats.
 """
 from __future__ import annotations
 
+import dataclasses
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
@@ -48,7 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from trainer.families.registry import FAMILIES, FamilySpec
+from trainer.families.registry import FAMILIES, GIDD_WEIGHT_CLIP, FamilySpec
 
 if TYPE_CHECKING:
     from trainer.families.registry import NoiseConfig
@@ -62,34 +65,56 @@ class NoisyBatch:
     """What the model sees and what it is scored against."""
     inputs: Tensor                  # (B, T) model input ids (z_t, or the AR prefix)
     targets: Tensor                 # (B, T) clean ids x
-    t: Tensor | None                # (B,) diffusion time, None for autoregressive
+    t: Tensor | None                # (B,) diffusion time, or (B, T) per token; None for autoregressive
     t_weight: Tensor | None = None  # (B,) importance weight dt/du of t (None = 1)
+    loss_mask: Tensor | None = None  # (B, T) bool: positions in the training loss (None = all)
 
     def select(self, positions: Tensor) -> "NoisyBatch":
-        """The positions of a (B, T) bool mask as a flat batch: inputs, targets, t and t_weight all
-        (n,), t and t_weight repeated per position (what the model's `positions` logits score)."""
-        per_pos = lambda v: None if v is None else v[:, None].expand(positions.shape)[positions]  # noqa: E731
+        """The positions of a (B, T) bool mask as a flat batch: every field (n,), per-sequence
+        values repeated per position (what the model's `positions` logits score)."""
+        def per_pos(v):
+            return None if v is None else self.per_position(v).expand(positions.shape)[positions]
         return NoisyBatch(self.inputs[positions], self.targets[positions], per_pos(self.t),
-                          per_pos(self.t_weight))
+                          per_pos(self.t_weight), per_pos(self.loss_mask))
+
+    def rows(self, index) -> "NoisyBatch":
+        """The sequences `index` (a slice or index tensor) of a (B, ...) batch: a rank's share."""
+        pick = lambda v: None if v is None else v[index]   # noqa: E731
+        return NoisyBatch(*(pick(getattr(self, f.name)) for f in dataclasses.fields(self)))
 
     def per_position(self, v: Tensor) -> Tensor:
         """A per-sequence (B,) value broadcastable against targets; flat batches hold it per position."""
         return v if v.dim() == self.targets.dim() else v[:, None]
 
+    def model_t(self) -> Tensor | None:
+        """(B,) time for a time-conditioned model: t itself, or the sequence mean of per-token t
+        (as scaling-dllms trainer_base.py Diffusion._process_sigma averages σ over positions)."""
+        return self.t if self.t is None or self.t.dim() == 1 else self.t.mean(1)
+
 
 def stratified_t(n: int, generator: torch.Generator | None = None, device=None,
-                 power: float = 1.0) -> tuple[Tensor, Tensor]:
+                 power: float = 1.0, t_min: float = 0.0) -> tuple[Tensor, Tensor]:
     """Low-discrepancy t with optional importance sampling: u_i = (i + u)/n with one uniform offset u
     (MDLM's antithetic sampling: unbiased for ∫_0^1 dt, far lower variance than i.i.d. t), then
     t = u^power with weight dt/du = power·u^(power−1), so E[w(t)·f(t)] = ∫_0^1 f(t) dt for any power.
+    t_min > 0 maps u to t_min + (1 − t_min)·u first: a training floor (NoiseConfig.t_min), whose
+    estimate is of ∫_{t_min}^1 f dt / (1 − t_min), not of the NELBO.
 
     Why power > 1 for validation: near t = 0 the NELBO integrand is a rare event (a corrupted
     position, probability ~t) with a large value (weight ~1/t), so its second moment ∫ f²/p dt diverges
     logarithmically under uniform t and finite samples under-estimate the NELBO (STACK.md saw −3%
     for uniform noise). t = u² has density ∝ t^(−1/2), which makes that second moment finite."""
     u = torch.rand((), generator=generator, device=device)
-    u = ((torch.arange(n, device=device, dtype=torch.float32) + u) / n).clamp_min(T_MIN)
+    u = (torch.arange(n, device=device, dtype=torch.float32) + u) / n
+    if t_min > 0:
+        u = t_min + (1.0 - t_min) * u
+    u = u.clamp_min(T_MIN)
     return u.pow(power), power * u.pow(power - 1.0)
+
+
+def t_column(v: Tensor) -> Tensor:
+    """A (B,) per-sequence value as a (B, 1) column; a (B, T) per-token one as it is."""
+    return v[:, None] if v.dim() == 1 else v
 
 
 class NoiseFamily(ABC):
@@ -139,17 +164,29 @@ class NoiseFamily(ABC):
         return torch.full_like(t, -(1.0 - self.cfg.eps))
 
     # --- interface ---------------------------------------------------------------------------------
-    def prepare(self, window: Tensor, generator=None, t_power: float = 1.0) -> NoisyBatch:
+    def prepare(self, window: Tensor, generator=None, t_power: float = 1.0,
+                training: bool = True) -> NoisyBatch:
         """window: (B, T + 1) clean tokens; diffusion uses the first T. One stratified t per
-        sequence; t_power > 1 importance-samples small t (see `stratified_t`; used for validation)."""
+        sequence; t_power > 1 importance-samples small t (see `stratified_t`; used for validation).
+        training=True applies the config's training options (t_min, p_independent, p_prompt);
+        validation passes False: the exact NELBO over all of t ∈ [0, 1], every position scored."""
         x = window[:, :-1]
-        t, t_weight = stratified_t(x.shape[0], generator, x.device, t_power)
-        return NoisyBatch(inputs=self.corrupt(x, t, generator), targets=x, t=t,
-                          t_weight=None if t_power == 1.0 else t_weight)
+        cfg = self.cfg
+        t_min = cfg.t_min if training else 0.0
+        t, t_weight = stratified_t(x.shape[0], generator, x.device, t_power, t_min)
+        if training and cfg.p_independent > 0:
+            t = _independent_t(t, x.shape, cfg.p_independent, t_min, generator)
+        z = self.corrupt(x, t, generator)
+        loss_mask = None
+        if training and cfg.p_prompt > 0:
+            loss_mask = _prompt_free(x.shape, cfg.p_prompt, generator, x.device)
+            z = torch.where(loss_mask, z, x)                         # the prompt stays clean
+        return NoisyBatch(inputs=z, targets=x, t=t, t_weight=None if t_power == 1.0 else t_weight,
+                          loss_mask=loss_mask)
 
     @abstractmethod
     def corrupt(self, x: Tensor, t: Tensor, generator=None) -> Tensor:
-        """Sample z_t ~ q_t(·|x) independently per position. x (B, T), t (B,) -> z (B, T)."""
+        """Sample z_t ~ q_t(·|x) independently per position. x (B, T), t (B,) or (B, T) -> z (B, T)."""
 
     @abstractmethod
     def marginal(self, x: Tensor, t: Tensor) -> Tensor:
@@ -189,33 +226,60 @@ class NoiseFamily(ABC):
     def loss(self, logits: Tensor, batch: NoisyBatch, kind: str | None = None,
              normalizer: float | None = None, positions: Tensor | None = None) -> Tensor:
         """Scalar training loss of the given kind (default: the config's resolved kind): a sum over
-        this batch's loss positions divided by `normalizer` (default: their count here). Data-
-        parallel ranks pass the *global* batch's count / world size, so that the average DeepSpeed
-        takes over ranks is exactly the single-process loss of the global batch. With `positions`
-        (a superset of the loss positions, e.g. `scored_positions`), logits are their (n, V) rows."""
+        this batch's positions divided by `normalizer` (default: `loss_count`, its loss positions:
+        all of them, less a clean prompt's). Data-parallel ranks pass the *global* batch's count /
+        world size, so that the average DeepSpeed takes over ranks is exactly the single-process
+        loss of the global batch. With `positions` (a superset of the positions where the loss can
+        be non-zero, e.g. `scored_positions`), logits are their (n, V) rows.
+
+        'ce' divides by all loss positions, not by the corrupted ones it sums over: 2602.15014's
+        low_var (scaling-dllms trainer_base.py TrainerBase._loss: `nlls.sum() / valid_tokens.sum()`
+        with MDLM's per-token loss 0 on unmasked positions), ~ the masked share (mean 1/2) of the
+        masked-count mean, and so of the gradient that meets the clip."""
         kind = kind or self.cfg.resolved_train_loss()
-        count = self.loss_count(batch, kind) if normalizer is None else normalizer   # full batch
+        count = self.loss_count(batch) if normalizer is None else normalizer   # full batch
         batch = batch if positions is None else batch.select(positions)
         scores = F.log_softmax(logits.float(), -1) if kind == "ce" else self.scores(logits)
         return self._loss_sum(scores, batch, kind) / count
 
     def loss_count(self, batch: NoisyBatch, kind: str | None = None) -> int:
-        """Number of positions the loss averages over: all of them, or the corrupted ones for 'ce'."""
-        kind = kind or self.cfg.resolved_train_loss()
-        if kind == "ce":
-            return max(1, int(self._ce_positions(batch).sum()))
-        return batch.targets.numel()
+        """Number of positions the loss averages over: all of them, less a clean prompt's
+        (gidd-easydel _fn.py compute_loss: `loss.sum() / noise_mask.sum()`). The same for every
+        kind (`kind` is accepted for callers that name it)."""
+        if batch.loss_mask is None:
+            return batch.targets.numel()
+        return max(1, int(batch.loss_mask.sum()))
 
     def _loss_sum(self, log_probs: Tensor, batch: NoisyBatch, kind: str) -> Tensor:
         if kind == "ce":
             nll = -log_probs.gather(-1, batch.targets[..., None]).squeeze(-1)
-            return (nll * self._ce_positions(batch)).sum()
-        w, d = self.elbo_terms(log_probs, batch.targets, batch.inputs, self._t(batch))
-        if self.cfg.weight_clip is not None:
-            w = w.clamp_max(self.cfg.weight_clip)
-        if batch.t_weight is not None:
-            w = w * batch.per_position(batch.t_weight)
-        return (w * d).sum()
+            per_pos = nll * self._ce_positions(batch)
+        else:
+            t = self._t(batch)
+            w, d = self.elbo_terms(log_probs, batch.targets, batch.inputs, t)
+            if kind == "gidd":
+                w = w * self.gidd_factor(t)
+            clip = self.cfg.weight_clip
+            if clip is None and kind == "gidd":
+                clip = GIDD_WEIGHT_CLIP
+            if clip is not None:
+                w = w.clamp_max(clip)
+            if batch.t_weight is not None:
+                w = w * batch.per_position(batch.t_weight)
+            per_pos = w * d
+        if batch.loss_mask is not None:
+            per_pos = per_pos * batch.loss_mask
+        return per_pos.sum()
+
+    def gidd_factor(self, t: Tensor) -> Tensor:
+        """α_t(1 − α_t)/|α'_t| = |dt/dλ|, λ = log(α/(1 − α)) the log-SNR: the ELBO weight per unit t
+        times this is gidd-easydel's per-unit-log-SNR `loss_weights` (schedule.py:
+        `elbo_weights = loss_weights / p_log_snr`, p_log_snr = σ(λ)(1 − σ(λ)) = α(1 − α) with
+        their α = 1 − t, |α'| = 1). For uniform noise the weight is (1/V)/(1/V + e^λ·[z = x]) <= 1,
+        for hybrid <= 1 + σ, for masked α (against MDLM's 1/t): bounded where the ELBO's ~1/t is
+        not."""
+        a = self.alpha(t)
+        return a * (1.0 - a) / self.dalpha(t).abs()
 
     @staticmethod
     def _t(batch: NoisyBatch) -> Tensor | None:
@@ -223,3 +287,24 @@ class NoiseFamily(ABC):
 
     def _ce_positions(self, batch: NoisyBatch) -> Tensor:
         raise ValueError(f"family {self.name!r} has no cross-entropy training loss")
+
+
+def _independent_t(t: Tensor, shape: torch.Size, share: float, t_min: float, generator) -> Tensor:
+    """(B, T) t: each sequence's own t, except a `share` of sequences drawn i.i.d. per token
+    (uniform on [t_min, 1]; gidd-easydel DiffusionTrainer._sample_log_snr)."""
+    B, T = shape
+    per_token = torch.rand(shape, generator=generator, device=t.device)
+    per_token = (t_min + (1.0 - t_min) * per_token).clamp_min(T_MIN)
+    chosen = torch.rand(B, generator=generator, device=t.device) < share
+    return torch.where(chosen[:, None], per_token, t[:, None].expand(B, T))
+
+
+def _prompt_free(shape: torch.Size, share: float, generator, device) -> Tensor:
+    """(B, T) bool, False on a clean prompt: a `share` of sequences keep positions
+    i <= f·(T − 1) clean, f = arccos(1 − 2r)/π, r ~ U(0, 1) (gidd-easydel
+    DiffusionTrainer._sample_noise_mask with noise_mask_max_cond_frac = 1)."""
+    B, T = shape
+    has = torch.rand(B, generator=generator, device=device) < share
+    frac = torch.arccos(1 - 2 * torch.rand(B, generator=generator, device=device)) / math.pi
+    prompt = torch.arange(T, device=device)[None, :] <= frac[:, None] * (T - 1)
+    return ~(has[:, None] & prompt)

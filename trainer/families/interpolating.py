@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from trainer.families.base import NoiseFamily
+from trainer.families.base import NoiseFamily, t_column
 from trainer.families.qhat import log_qhat_stats
 from trainer.sampling.samplers import PosteriorAncestral
 
@@ -30,7 +30,7 @@ class Interpolating(NoiseFamily):
         return torch.sigmoid(torch.log(a) - torch.log1p(-a) + self.shift)   # exact 0 / 1 at the ends
 
     def corrupt(self, x, t, generator=None):
-        beta, s = 1.0 - self.alpha(t)[:, None], self.sigma(t)[:, None]
+        beta, s = 1.0 - t_column(self.alpha(t)), t_column(self.sigma(t))
         u = torch.rand(x.shape, generator=generator, device=x.device)
         noise = torch.randint(0, self.V, x.shape, generator=generator, device=x.device)
         # u < β·σ: a uniform token; β·σ <= u < β: the mask; else keep x

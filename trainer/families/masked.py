@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from trainer.families.base import NoiseFamily
+from trainer.families.base import NoiseFamily, t_column
 from trainer.sampling.samplers import MaskedAncestral
 
 
@@ -15,7 +15,7 @@ class Masked(NoiseFamily):
     sampler = MaskedAncestral()
 
     def corrupt(self, x, t, generator=None):
-        beta = 1.0 - self.alpha(t)[:, None]                          # (B, 1)
+        beta = 1.0 - t_column(self.alpha(t))                          # (B, 1)
         u = torch.rand(x.shape, generator=generator, device=x.device)
         return torch.where(u < beta, torch.full_like(x, self.mask_id), x)
 

@@ -17,6 +17,7 @@ where the meaning fits.
 from __future__ import annotations
 
 import importlib
+import math
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -105,12 +106,14 @@ FAMILIES: dict[str, FamilySpec] = {spec.name: spec for spec in (
     # The baseline first: registry order is ALL_FAMILIES' run order (sweeps/recipe.py).
     FamilySpec(name="autoregressive", impl="trainer.families.autoregressive:Autoregressive",
                causal=True, train_losses=("elbo", "ce")),
-    # MDLM: no time conditioning (above); 2602.15014's cheaper CE by default.
+    # MDLM: no time conditioning (above); 2602.15014's "low_var" CE by default.
     FamilySpec(name="masked", impl="trainer.families.masked:Masked", uses_mask_token=True,
-               train_losses=("elbo", "ce"), default_train_loss="ce"),
-    FamilySpec(name="uniform", impl="trainer.families.uniform:Uniform", time_cond_default="adaln"),
+               train_losses=("elbo", "ce", "gidd"), default_train_loss="ce"),
+    FamilySpec(name="uniform", impl="trainer.families.uniform:Uniform", time_cond_default="adaln",
+               train_losses=("elbo", "gidd"), default_train_loss="gidd"),
     FamilySpec(name="interpolating", impl="trainer.families.interpolating:Interpolating",
                uses_mask_token=True, time_cond_default="none",
+               train_losses=("elbo", "gidd"), default_train_loss="gidd",
                knob=Knob(field="uniform_share", lo=0.0, hi=1.0,
                          label="uniform share p_u of the noise at log-SNR 0 (0 = masked, 1 = uniform)")),
 )}
@@ -125,10 +128,35 @@ class NoiseConfig:
     uniform_share: float = 0.5
     """Interpolating knob p_u ∈ [0, 1]: uniform share of the noise at log-SNR 0 (0 = masked, 1 = uniform)."""
     train_loss: str = "auto"
-    """'elbo' (the NELBO itself), 'ce' (plain cross-entropy on corrupted positions; masked only), or
-    'auto' = the family's default (masked: 'ce', the cheaper loss of 2602.15014; others: 'elbo')."""
+    """The training loss (validation is always the exact NELBO, trainer/job/objective.evaluate):
+    'elbo'  the NELBO integrand itself, per position (what validation estimates);
+    'ce'    2602.15014's "low_var" (masked, autoregressive): unweighted cross-entropy summed over the
+            masked positions and divided by *all* loss positions (scaling-dllms algo.py
+            MDLM.nll_per_token(low_var=True) + trainer_base.py TrainerBase._loss);
+    'gidd'  2512.10858's weighting: the ELBO integrand × α_t(1 − α_t)/|α'_t|, i.e. the integrand per
+            unit log-SNR, weight clipped at `weight_clip` (default GIDD_WEIGHT_CLIP) (gidd-easydel
+            diffusion_trainer/loss.py GiddLoss, schedule.py MixingSchedule.get_loss_weights);
+    'auto'  the family's default (FAMILIES[family].default_train_loss; `python -m
+            trainer.families.registry` lists them)."""
     weight_clip: float | None = None
-    """Clip the ELBO weight w_t(z, x) at this value in the *training* loss (GIDD); never in the NELBO."""
+    """Clip the training weight at this value: the ELBO weight w_t(z, x) for 'elbo', the GIDD weight
+    for 'gidd' (None there = GIDD_WEIGHT_CLIP, gidd-easydel's 1e3). Never in the NELBO."""
+    t_min: float = 0.0
+    """Training t floor: t = t_min + (1 − t_min)·u with u stratified on [0, 1) (scaling-dllms
+    trainer_base.py Diffusion._sample_t with training.sampling_eps = 1e-3; gidd-easydel samples t
+    uniform on [t(λ_max), t(λ_min)], log-SNR λ in [−9, 9]: `t_min_for_log_snr(9, eps)` ≈ 1.23e-4).
+    0 = no floor (t is still clamped at families.base.T_MIN = 1e-6). Training only: validation
+    integrates over all of [0, 1]."""
+    p_independent: float = 0.0
+    """Share of training sequences whose t is drawn independently per token instead of once per
+    sequence (gidd-easydel DiffusionTrainer._sample_log_snr, `noise_p_independent`; its train.py
+    passes args.max_empty_token_frac = 0.2 there). A time-conditioned model is given the sequence's
+    mean t (as scaling-dllms' Diffusion._process_sigma averages σ over positions)."""
+    p_prompt: float = 0.0
+    """Share of training sequences with a clean prefix ("prompt") of fraction arccos(1 − 2r)/π,
+    r ~ U(0, 1): left uncorrupted and out of the loss and its normaliser (gidd-easydel
+    DiffusionTrainer._sample_noise_mask, `noise_mask_p_prompt` = 0.2). Unlike gidd-easydel the
+    prompt tokens still attend to the noisy ones (no block attention mask)."""
 
     def __post_init__(self):
         if self.family not in FAMILIES:
@@ -138,12 +166,20 @@ class NoiseConfig:
         self._check_knobs()
         allowed = FAMILIES[self.family].train_losses
         if self.train_loss != "auto" and self.train_loss not in allowed:
-            raise ValueError(
-                f"noise.train_loss={self.train_loss!r} is not supported by family {self.family!r} "
-                f"(supported: {allowed}); cross-entropy of x given z_t double-counts z_t under the "
-                "uniform/interpolating parameterisation (see STACK.md)")
+            why = ("; cross-entropy of x given z_t double-counts z_t under the uniform/interpolating "
+                   "parameterisation (see STACK.md)") if self.train_loss == "ce" else ""
+            raise ValueError(f"noise.train_loss={self.train_loss!r} is not supported by family "
+                             f"{self.family!r} (supported: {allowed}){why}")
         if self.weight_clip is not None and self.weight_clip <= 0:
             raise ValueError(f"noise.weight_clip must be > 0 or None, got {self.weight_clip}")
+        if not 0.0 <= self.t_min < 1.0:
+            raise ValueError(f"noise.t_min must be in [0, 1), got {self.t_min}")
+        for name in ("p_independent", "p_prompt"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"noise.{name} must be in [0, 1], got {getattr(self, name)}")
+        if FAMILIES[self.family].causal and (self.t_min or self.p_independent or self.p_prompt):
+            raise ValueError(f"noise.t_min / p_independent / p_prompt: the {self.family} family "
+                             "has no diffusion time")
 
     def _check_knobs(self) -> None:
         """Each knob field against the range of the family that reads it: this config's family's
@@ -177,6 +213,18 @@ class NoiseConfig:
         return replace(self, **{k.field: value})
 
 
+GIDD_WEIGHT_CLIP = 1e3
+"""gidd-easydel diffusion_trainer/loss.py: `loss_weights.clip(0, 1e3)`."""
+
+
+def t_min_for_log_snr(max_log_snr: float, eps: float) -> float:
+    """The t floor at which the log-linear schedule α_t = 1 − (1 − eps)·t reaches log-SNR
+    λ = log(α/(1 − α)) = max_log_snr: a `NoiseConfig.t_min` for a log-SNR limit (gidd-easydel
+    args.py max_log_snr = 9). Its lower limit (−9) needs nothing here: α_1 = eps bounds
+    λ >= logit(eps) (−6.9 at eps = 1e-3)."""
+    return (1.0 - 1.0 / (1.0 + math.exp(-max_log_snr))) / (1.0 - eps)
+
+
 def build_family(cfg: NoiseConfig, vocab_size: int) -> NoiseFamily:
     """The family object of `cfg` for V = vocab_size real tokens (imports its module: torch)."""
     return FAMILIES[cfg.family].load()(cfg, vocab_size)
@@ -184,12 +232,12 @@ def build_family(cfg: NoiseConfig, vocab_size: int) -> NoiseFamily:
 
 def describe() -> str:
     """The registry as a table (`python -m trainer.families.registry`)."""
-    rows = [f"{'family':<15} {'causal':<7} {'mask':<5} {'t-cond':<10} {'losses (default)':<17} knob"]
+    rows = [f"{'family':<15} {'causal':<7} {'mask':<5} {'t-cond':<10} {'losses (default)':<22} knob"]
     for s in FAMILIES.values():
         losses = f"{','.join(s.train_losses)} ({s.default_train_loss})"
         knob = "-" if s.knob is None else f"{s.knob.field} in [{s.knob.lo:g}, {s.knob.hi:g}]: {s.knob.label}"
         rows.append(f"{s.name:<15} {s.causal!s:<7} {s.uses_mask_token!s:<5} "
-                    f"{s.time_cond_default:<10} {losses:<17} {knob}")
+                    f"{s.time_cond_default:<10} {losses:<22} {knob}")
     return "\n".join(rows)
 
 

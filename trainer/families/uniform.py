@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from trainer.families.base import NoiseFamily
+from trainer.families.base import NoiseFamily, t_column
 from trainer.families.qhat import log_qhat_stats
 from trainer.sampling.samplers import PosteriorAncestral
 
@@ -17,7 +17,7 @@ class Uniform(NoiseFamily):
     sampler = PosteriorAncestral()
 
     def corrupt(self, x, t, generator=None):
-        beta = 1.0 - self.alpha(t)[:, None]
+        beta = 1.0 - t_column(self.alpha(t))
         u = torch.rand(x.shape, generator=generator, device=x.device)
         noise = torch.randint(0, self.V, x.shape, generator=generator, device=x.device)
         return torch.where(u < beta, noise, x)

@@ -75,8 +75,7 @@ class Loop:
                                                seed=tc.seed, step=step,
                                                pool_tokens=tc.data_pool_tokens))
         batch = family.prepare(window.to(place.device), _noise_gen(tc.seed, step, place.device))
-        local = type(batch)(batch.inputs[rows], batch.targets[rows],
-                            None if batch.t is None else batch.t[rows])
+        local = batch.rows(rows)
         norm = family.loss_count(batch) / self.world       # global normaliser: see NoiseFamily.loss
         with place.autocast:
             loss = objective.loss(engine, family, local, normalizer=norm)

@@ -19,7 +19,7 @@ def forward(model: nn.Module, batch: NoisyBatch, positions: torch.Tensor | None 
     """(B, T, V) logits, or the (n, V) rows of a (B, T) bool mask `positions`. Time-conditioned
     models get t; others ignore it."""
     conditioned = takes_t(getattr(model, "module", model).cfg)     # unwrap a DeepSpeed engine
-    t = batch.t if conditioned else None
+    t = batch.model_t() if conditioned else None
     return model(batch.inputs, t) if positions is None else model(batch.inputs, t, positions)
 
 
@@ -58,7 +58,7 @@ def evaluate(model: nn.Module, family: NoiseFamily, windows: np.ndarray, *, seed
     acc = torch.zeros(2, dtype=torch.float64)                    # (sum of NELBO, token count)
     for _ in range(t_repeats):
         for i in range(0, x.shape[0], batch_size):
-            full = family.prepare(x[i:i + batch_size], gen, t_power=VAL_T_POWER)
+            full = family.prepare(x[i:i + batch_size], gen, t_power=VAL_T_POWER, training=False)
             batch = _rows(full, rank, world)
             positions = family.scored_positions(batch)               # the rest contribute 0
             nelbo = family.nelbo(forward(model, batch, positions), batch, positions)
@@ -74,5 +74,4 @@ def _rows(batch: NoisyBatch, rank: int, world: int) -> NoisyBatch:
     """This rank's contiguous share of a global batch."""
     if world == 1:
         return batch
-    pick = lambda v: None if v is None else v.tensor_split(world)[rank]   # noqa: E731
-    return NoisyBatch(pick(batch.inputs), pick(batch.targets), pick(batch.t), pick(batch.t_weight))
+    return batch.rows(torch.arange(batch.targets.shape[0]).tensor_split(world)[rank])

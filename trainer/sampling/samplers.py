@@ -195,10 +195,11 @@ class PosteriorAncestral(Sampler):
 class Autoregressive(Sampler):
     """Left-to-right temperature sampling through the KV cache, one position per forward.
 
-    The AR model predicts token i + 1 from tokens 0..i (families.autoregressive.Autoregressive.prepare), so it cannot
-    predict a first token from nothing: it is conditioned on `start_id` (callers pass the corpus's
-    end-of-text id, which precedes every document in the training stream), which is not part of the
-    output. `steps` is ignored: seq_len positions are generated, and reported."""
+    The AR model is trained to read [EOT, x_0 .. x_{T−2}] and predict x_0 .. x_{T−1}
+    (families.autoregressive.Autoregressive.prepare, start token EOT_ID): the sampler starts from
+    `start_id` (callers pass the corpus's end-of-text id, = EOT_ID), which is not part of the
+    output, so the first sampled token is drawn exactly as training scored it. `steps` is ignored:
+    seq_len positions are generated, and reported."""
 
     name = "ar-kvcache"
 
