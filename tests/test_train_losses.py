@@ -199,7 +199,7 @@ def test_gen_ppl_judge_reads_what_ar_training_scores():
     ar = build_family(NoiseConfig(family="autoregressive"), V)
     torch.manual_seed(0)
     model = Transformer(ModelConfig(vocab_size=V, out_vocab_size=V, n_layer=1, d_model=16, n_head=2,
-                                    seq_len=10, causal=True, time_cond=False)).eval()
+                                    seq_len=10, causal=True, time_cond="none")).eval()
     window = torch.randint(0, V, (5, 11), generator=torch.Generator().manual_seed(8))
     batch = ar.prepare(window)
     with torch.no_grad():
