@@ -11,8 +11,10 @@ import contextlib
 import logging
 import math
 import os
+import sys
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -71,6 +73,7 @@ def init_distributed(place: Placement) -> tuple[int, int]:
     engine adopts an initialised torch.distributed group; no MPI discovery, which only runs when
     those variables are missing), provided its backend is the placement's."""
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if place.device.type == "cuda" else "cpu")
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", extensions_dir())
     quiet_logs()
     import deepspeed                                   # after DS_ACCELERATOR is set
     if "RANK" not in os.environ and not torch.distributed.is_initialized():
@@ -180,16 +183,29 @@ def build_engine(model: torch.nn.Module, train: TrainConfig, eng: EngineConfig, 
     return engine
 
 
+def extensions_dir() -> str:
+    """Where DeepSpeed JIT-builds its ops: inside this interpreter's environment (the venv), not the
+    user-wide ~/.cache/torch_extensions. Two checkouts sharing one build directory rebuild it each
+    time the other ran (the build is keyed by the sources' paths), and a process killed mid-build
+    leaves a `lock` file there on which every later DeepSpeed start waits forever (seen twice here:
+    a test's subprocess timeout during another venv's rebuild hung `make test`). Per venv, the one
+    build is `make install`'s warm-up, so no trial or test compiles. TORCH_EXTENSIONS_DIR wins."""
+    return str(Path(sys.prefix) / "torch_extensions")
+
+
 def warm_up() -> None:
-    """Build DeepSpeed's CPU comm op once (65-80 s the first time, cached in TORCH_EXTENSIONS_DIR)
+    """Build DeepSpeed's CPU comm op once (65-80 s the first time, cached in extensions_dir())
     by initialising a one-process gloo group, so no test or trial pays for the compile."""
     from trainer.config import EngineConfig
     init_distributed(placement(EngineConfig(device="cpu")))
+    # A one-process job adopts an in-process group (no deepspeed.init_distributed), so the op is
+    # built at the first deepspeed.initialize instead: build it here, where the engine would.
+    from deepspeed.comm.torch import build_shm_op
+    build_shm_op()
     torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
-    import sys
     if sys.argv[1:] != ["--warm-up"]:
         sys.exit("usage: python -m trainer.job.engine --warm-up")
     warm_up()
