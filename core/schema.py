@@ -8,7 +8,8 @@ Layout of a study in the tracking store
 ---------------------------------------
 * One MLflow **experiment per sweep**; its name is the sweep name.
 * One **parent run per study** (one sweep command: its set of runs, ``dlm.sweep_id``), tagged
-  ``dlm.role=parent``, ``dlm.sweep``, ``dlm.sweep_id``, ``dlm.preset``, ``dlm.n_runs``; a re-run of
+  ``dlm.role=parent``, ``dlm.sweep``, ``dlm.sweep_id``, ``dlm.preset``, ``dlm.n_runs``,
+  ``dlm.definitions`` (whose definitions the runs use: sweeps/definitions.py); a re-run of
   the same command reuses it and stamps ``dlm.invoked_ms``. Its member runs (the config hashes,
   ``dlm.run_id``, of every run of the study, including runs another study already finished) are the
   artifact ``dlm/members.json`` = {"sweep_id", "run_ids": [...]}, and ``dlm.members`` names that
@@ -44,7 +45,9 @@ Trial params
     ladder size; what the laws are fitted on), ``n_params_time_cond`` (time-conditioning layers,
     run once per sequence), ``time_cond_resolved`` (the option the model used, the family default
     resolved), ``n_params_nonembed`` (backbone + time conditioning), ``n_params_total``,
-    ``flops_per_token``, ``tokens_per_step``, ``steps``.
+    ``flops_per_token`` (training FLOPs per token under the run's ``train.flop_convention``, the
+    one its budget and its ``flops`` metric use), ``flops_per_token.<name>`` for every convention
+    of core.flops.CONVENTIONS, ``tokens_per_step``, ``steps``.
 
 Trial metrics (each logged at step = cumulative GFLOP at that evaluation)
     ``val_nelbo``  validation NELBO in nats/token: the quantity the laws are fitted to.
@@ -56,7 +59,9 @@ Trial metrics (each logged at step = cumulative GFLOP at that evaluation)
                    autoregressive: next-token NLL; 'gidd' (2512.10858) the integrand × α(1−α)/|α'|.
                    Only 'elbo' and autoregressive are on val_nelbo's scale: compare runs on that.
     ``tokens`` cumulative training tokens; ``flops`` cumulative
-    training FLOPs (float); ``wall_time_s``; ``tokens_per_s``; ``mfu``; ``epoch``; ``lr``.
+    training FLOPs (float) under the run's convention; ``flops.<name>`` the same under every
+    convention of core.flops.CONVENTIONS (so a study refits under any, ``fit_laws --flops``);
+    ``wall_time_s``; ``tokens_per_s``; ``mfu``; ``epoch``; ``lr``.
     The final evaluation of a run is its point with the largest step; the run's MLflow status
     (FINISHED / FAILED / RUNNING) says whether that point is a finished run's end.
 
@@ -131,6 +136,7 @@ TAG_WEIGHTS = "dlm.weights"
 # --- parent (study) tags --------------------------------------------------------------------------
 TAG_SWEEP_ID = "dlm.sweep_id"
 TAG_PRESET = "dlm.preset"
+TAG_DEFINITIONS = "dlm.definitions"                # whose definitions: sweeps/definitions.py
 TAG_N_RUNS = "dlm.n_runs"
 TAG_INVOKED = "dlm.invoked_ms"
 TAG_MEMBERS = "dlm.members"
@@ -152,7 +158,8 @@ PARAM_N_TIME_COND = "n_params_time_cond"           # core.flops.time_cond_params
 PARAM_TIME_COND = "time_cond_resolved"             # core.ladder.TIME_CONDS key the model used
 PARAM_N_NONEMBED = "n_params_nonembed"             # backbone + time conditioning
 PARAM_N_TOTAL = "n_params_total"
-PARAM_FLOPS_PER_TOKEN = "flops_per_token"
+PARAM_FLOPS_PER_TOKEN = "flops_per_token"           # under the run's train.flop_convention
+PARAM_FLOP_CONVENTION = "train.flop_convention"    # a flattened config field (RunConfig.flat())
 PARAM_TOKENS_PER_STEP = "tokens_per_step"
 PARAM_STEPS = "steps"
 PARAM_OUT_DIR = "io.out_dir"                       # a flattened config field (RunConfig.flat())
@@ -167,7 +174,7 @@ PARAM_TEMPERATURE = "temperature"
 METRIC_LOSS = "val_nelbo"
 METRIC_TRAIN_LOSS = "train_loss"
 METRIC_TOKENS = "tokens"
-METRIC_FLOPS = "flops"
+METRIC_FLOPS = "flops"                             # under the run's train.flop_convention
 METRIC_WALL_TIME = "wall_time_s"
 METRIC_TOKENS_PER_S = "tokens_per_s"               # trials: trained tokens/s; sampling: generated
 METRIC_MFU = "mfu"
@@ -180,6 +187,18 @@ METRIC_GEN_PPL = "gen_ppl"
 METRIC_ENTROPY = "entropy"
 METRIC_NFE = "nfe"
 SAMPLING_METRICS = (METRIC_TOKENS_PER_S, METRIC_LATENCY_S, METRIC_GEN_PPL, METRIC_ENTROPY, METRIC_NFE)
+
+
+
+
+def flops_per_token_param(convention: str) -> str:
+    """Trial param: training FLOPs per token under `convention` (a core.flops.CONVENTIONS key)."""
+    return f"{PARAM_FLOPS_PER_TOKEN}.{convention}"
+
+
+def flops_metric(convention: str) -> str:
+    """Trial metric: cumulative training FLOPs under `convention` at each evaluation."""
+    return f"{METRIC_FLOPS}.{convention}"
 
 
 # --- search filters -------------------------------------------------------------------------------

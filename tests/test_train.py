@@ -11,6 +11,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import REPO, clean_env, free_port, tiny_run
+from analysis.conventions import per_token
+from core.flops import CONVENTIONS
 from trainer.config import RunConfig
 from trainer.job.train import train
 
@@ -60,6 +62,23 @@ def check_contents(client, run, cfg: RunConfig):
     assert abs(flops[-1][1] - cfg.train.budget_flops) / cfg.train.budget_flops < 0.01
     for key in ("train_loss", "tokens", "wall_time_s", "tokens_per_s", "mfu", "epoch", "lr"):
         assert len(history(client, run.info.run_id, key)) >= cfg.train.evals, key
+    # FLOPs per token and cumulative FLOPs under every convention (issue 13, item 2)
+    tokens = history(client, run.info.run_id, "tokens")
+    for name in CONVENTIONS:
+        fpt = float(p[f"flops_per_token.{name}"])
+        assert fpt > 0, name
+        conv = history(client, run.info.run_id, f"flops.{name}")
+        assert [s for s, _ in conv] == [s for s, _ in evals], name
+        for (_, t), (_, f) in zip(tokens, conv):
+            assert f == pytest.approx(t * fpt, rel=1e-12), name
+    own = p["train.flop_convention"]
+    assert float(p[f"flops_per_token.{own}"]) == pytest.approx(float(p["flops_per_token"]), rel=1e-12)
+    assert float(p["flops_per_token.vonruette2025"]) < float(p["flops_per_token.matmul"])
+    # a run logged before these params existed gets the same counts from its config
+    legacy = {k: v for k, v in p.items() if not k.startswith("flops_per_token.")}
+    recomputed = per_token(legacy, run.data.tags)
+    for name in CONVENTIONS:
+        assert recomputed[name] == pytest.approx(float(p[f"flops_per_token.{name}"]), rel=1e-12)
     return evals
 
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from core.flops import flops_for_steps, param_counts, steps_for_budget
+from core.flops import (flops_for_steps, flops_per_token_by_convention, param_counts,
+                        steps_for_budget)
 from core.ladder import ModelConfig, model_config
 from trainer.config import RunConfig
 from trainer.families.registry import FAMILIES
@@ -32,6 +33,9 @@ class Plan:
     n_nonembed: int
     """n_backbone + n_time_cond: everything but the embedding and head (the pre-issue-13 N)."""
     n_total: int
+    flops_per_token: dict[str, float]
+    """Training FLOPs per token under every convention of core.flops.CONVENTIONS (name -> FLOPs);
+    the run's own, train.flop_convention, is the one its budget and step count use."""
 
 
 def plan(cfg: RunConfig, vocab_size: int) -> Plan:
@@ -56,4 +60,5 @@ def plan(cfg: RunConfig, vocab_size: int) -> Plan:
                          f"closer than 1 {STEP_UNIT} (the metric step unit); use fewer")
     n = param_counts(mcfg)
     return Plan(cfg, cfg.run_id(), mcfg, steps, per_step, evals, n_backbone=n.backbone,
-                n_time_cond=n.time_cond, n_nonembed=n.nonembed, n_total=n.total)
+                n_time_cond=n.time_cond, n_nonembed=n.nonembed, n_total=n.total,
+                flops_per_token=flops_per_token_by_convention(mcfg))

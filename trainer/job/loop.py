@@ -113,7 +113,8 @@ class Loop:
                        M.METRIC_WALL_TIME: self.wall0 + now - self.t0, M.METRIC_TOKENS_PER_S: tok_s,
                        M.METRIC_MFU: mfu(tok_s * p.flops_per_step / (tc.batch_size * tc.seq_len),
                                          self.peak * self.world),
-                       M.METRIC_EPOCH: tokens / pool, M.METRIC_LR: self.engine.get_lr()[0]}
+                       M.METRIC_EPOCH: tokens / pool, M.METRIC_LR: self.engine.get_lr()[0],
+                       **{M.flops_metric(name): tokens * f for name, f in p.flops_per_token.items()}}
             if self.loss_n:
                 metrics[M.METRIC_TRAIN_LOSS] = self.loss_sum / self.loss_n
             self.tracker.log(flop_step(flops), metrics)

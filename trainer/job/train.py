@@ -73,7 +73,8 @@ def _params(p: Plan) -> dict[str, str]:
             M.PARAM_N_TIME_COND: str(p.n_time_cond), M.PARAM_TIME_COND: p.model_cfg.time_cond,
             M.PARAM_N_NONEMBED: str(p.n_nonembed), M.PARAM_N_TOTAL: str(p.n_total),
             M.PARAM_FLOPS_PER_TOKEN: repr(p.flops_per_step / (tc.batch_size * tc.seq_len)),
-            M.PARAM_TOKENS_PER_STEP: str(tc.batch_size * tc.seq_len), M.PARAM_STEPS: str(p.steps)}
+            M.PARAM_TOKENS_PER_STEP: str(tc.batch_size * tc.seq_len), M.PARAM_STEPS: str(p.steps),
+            **{M.flops_per_token_param(name): repr(f) for name, f in p.flops_per_token.items()}}
 
 
 def _bcast(obj, rank: int, world: int):
