@@ -3,9 +3,13 @@
     python -m analysis.fit_laws --experiment compute_bound [--tracking-uri URI] [--out DIR]
         [--families masked uniform] [--bootstrap 1000] [--seed 0]
         [--preset NAME | --sweep-id ID] [--all-studies] [--n-column n_backbone|n_nonembed|n_total]
+        [--flops matmul|sahoo2026|vonruette2025|vonruette2025-6n|6n]
     python -m analysis.fit_laws --from-table results.csv [--experiment NAME]
         [--c-bin-tol DEX] [--drop-worst K] ...
 
+``--flops NAME`` refits a finished study with C counted under another FLOP convention (every run
+logs its FLOPs per token under all of them, core/flops.py; older runs have them recomputed from
+their config, analysis/conventions.py); the default is the convention the runs were trained under.
 From MLflow it fits ONE study by default, the latest parent run's (see analysis/studies.py), and
 prints which one and how many runs of the experiment it left out. Prints the fit table, writes
 runs.parquet (MLflow source), final.parquet, fits.parquet, fits.json and PNG plots to --out
@@ -23,6 +27,7 @@ import sys
 from pathlib import Path
 
 from analysis import load, plots, report
+from core.flops import CONVENTIONS
 from analysis.frontier import C_BIN_TOL_DEX
 from analysis.schema import DEFAULT_N_COLUMN, N_COLUMNS, AnalysisError
 from analysis.study import fit_study, select_groups
@@ -50,6 +55,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="parameter count used as N for MLflow runs (default %(default)s: per-token "
                         "non-embedding backbone, the same for every family at one size; "
                         "n_nonembed adds time conditioning, n_total also embedding and head)")
+    p.add_argument("--flops", choices=list(CONVENTIONS), default=None, metavar="CONVENTION",
+                   help="MLflow: count C under this FLOP convention (core.flops.CONVENTIONS: "
+                        f"{', '.join(CONVENTIONS)}); default: the one the runs were trained under")
     p.add_argument("--preset", default=None,
                    help=f"MLflow: fit the latest study made with this preset (tag {M.TAG_PRESET})")
     p.add_argument("--sweep-id", default=None,
@@ -75,6 +83,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.from_table is not None and (args.preset or args.sweep_id or args.all_studies):
         p.error("--preset, --sweep-id and --all-studies select MLflow studies; a --from-table "
                 "table is used whole")
+    if args.from_table is not None and args.flops:
+        p.error("--flops recounts C of MLflow runs from their logged FLOPs per token; a "
+                "--from-table table's C is its own")
     if args.bootstrap < 0:
         p.error("--bootstrap must be >= 0")
     if not (args.c_bin_tol >= 0 and args.c_bin_tol < float("inf")):   # NaN fails both
@@ -87,6 +98,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     runs = selection = None
+    convention, n_column = "table", "table"
     try:
         # Everything that can reject the input runs before any fitting.
         if args.from_table is not None:
@@ -101,7 +113,11 @@ def main(argv: list[str] | None = None) -> int:
                                       all_studies=args.all_studies)
             runs, selection = load.load_study(args.experiment, args.tracking_uri, choice)
             print("\n".join(selection.describe()))
-            final, dropped = load.final_points(runs, n_column=args.n_column)
+            convention = args.flops or load.study_convention(runs)
+            n_column = args.n_column
+            final, dropped = load.final_points(runs, n_column=args.n_column, flops=convention)
+            print(f"C: training FLOPs under convention {convention!r} "
+                  f"({CONVENTIONS[convention].source}); N: {n_column}")
             name = args.experiment
         final, worst = load.drop_worst(final, args.drop_worst)
         dropped = dataclasses.replace(dropped, worst=worst)
@@ -111,6 +127,10 @@ def main(argv: list[str] | None = None) -> int:
             if runs is not None and runs[args.n_column].isna().all():
                 hint = (f"; no run has {args.n_column} (logged before it existed and not "
                         "recomputable from its size): choose another with --n-column")
+            elif runs is not None and runs[f"flops_{convention}"].isna().all():
+                hint = (f"; no run has FLOPs under {convention!r} (logged before runs logged "
+                        "every convention, and not recomputable from its config): choose "
+                        "another with --flops")
             raise AnalysisError(f"{name}: no usable runs (dropped: failed {d.failed}, unfinished "
                                 f"{d.unfinished}, NaN/invalid {d.nan}, duplicate {d.duplicate})"
                                 + hint)
@@ -120,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
 
     study = fit_study(final, dropped, families=args.families, n_boot=args.bootstrap,
-                      seed=args.seed, c_bin_tol=args.c_bin_tol)
+                      seed=args.seed, c_bin_tol=args.c_bin_tol, flop_convention=convention,
+                      n_column=n_column)
     out = args.out or Path("out") / "fits" / name
     out.mkdir(parents=True, exist_ok=True)
     written = []

@@ -49,7 +49,9 @@ class IsoFlopCurve:
 
     group: str
     budget: float
-    """FLOPs (the budget tag, else the median final C of the cluster)."""
+    """FLOPs (the budget tag, else the median final C of the cluster): groups the curve's runs.
+    Its convention is the one the runs were trained under; ``c_level`` and ``c_opt`` are in the
+    table's (fit_laws --flops), where one budget's runs may differ in C."""
     N: np.ndarray
     """(m,) parameters, ascending."""
     D: np.ndarray
@@ -60,7 +62,13 @@ class IsoFlopCurve:
     n_opt: float
     """Parabola vertex in N; NaN unless it is a minimum inside the sampled sizes."""
     d_opt: float
-    """Tokens at ``n_opt`` (C/(N·D) interpolated in ln N, so it respects our FLOP accounting)."""
+    """Tokens at ``n_opt``: ``c_opt`` / (C/(N·D) interpolated in ln N), so it respects the
+    table's FLOP accounting."""
+    c_opt: float = np.nan
+    """C of the runs interpolated in ln N at ``n_opt``: the compute the allocation law puts the
+    minimum at (= the budget to within a step's rounding under the training convention)."""
+    c_level: float = np.nan
+    """Median C of the curve's runs (its label)."""
     flag: str | None
     """Why the curve has no usable interior minimum, and which sizes to add; None if fine."""
     window: tuple[float, float] = (0.0, np.inf)
@@ -191,7 +199,7 @@ def isoflop_curves(final: pd.DataFrame, group: str) -> list[IsoFlopCurve]:
         D, C = per["D"].to_numpy(float), per["C"].to_numpy(float)
         lnN = np.log(N)
         center = float(lnN.mean())
-        coef, n_opt, d_opt, flag, window = None, np.nan, np.nan, None, (N[0], N[-1])
+        coef, n_opt, d_opt, c_opt, flag, window = None, np.nan, np.nan, np.nan, None, (N[0], N[-1])
         where = f"{group} at C={budget:.3g}"
         if len(N) < MIN_SIZES_PER_CURVE:
             flag = (f"{where}: {len(N)} size(s), an isoFLOP parabola needs >= "
@@ -212,9 +220,10 @@ def isoflop_curves(final: pd.DataFrame, group: str) -> list[IsoFlopCurve]:
                 flag = f"{where}: the parabola in ln N has no minimum inside the sampled sizes"
             else:
                 n_opt = float(np.exp(u + center))
+                c_opt = float(np.exp(np.interp(u + center, lnN, np.log(C))))
                 ratio = np.exp(np.interp(u + center, lnN, np.log(C / (N * D))))
-                d_opt = float(budget / (ratio * n_opt))
+                d_opt = float(c_opt / (ratio * n_opt))
         curves.append(IsoFlopCurve(group=group, budget=float(budget), N=N, D=D, loss=loss,
                                    coef=coef, center=center, n_opt=n_opt, d_opt=d_opt, flag=flag,
-                                   window=window))
+                                   window=window, c_opt=c_opt, c_level=float(np.median(C))))
     return curves

@@ -127,7 +127,7 @@ class AllocationLaw(Law):
         if len(good) < 2:
             raise TooFewPoints(f"{data.group}: {len(good)} isoFLOP budget(s) with an interior "
                                f"minimum, N*(C) needs >= 2")
-        logc = np.log([c.budget for c in good])
+        logc = np.log([c.c_opt for c in good])
         value = _power_fits(logc[None], np.log([[c.n_opt for c in good]]),
                             np.log([[c.d_opt for c in good]]))[0]
         return Point(value=value, objective=np.nan, n_points=len(good), state=good)
@@ -139,19 +139,21 @@ class AllocationLaw(Law):
         rng = rng_for(seed, data.group)
         logn = np.full((n_boot, len(good)), np.nan)
         logd = np.full((n_boot, len(good)), np.nan)
+        logc = np.full((n_boot, len(good)), np.nan)
         for j, c in enumerate(good):
             runs = g[np.isclose(budget, c.budget, rtol=1e-9)]
             runs = runs[runs["N"].between(*c.window)]             # the sizes the parabola uses
             u = np.log(runs["N"].to_numpy(float)) - c.center
-            lnr = np.log(runs["C"].to_numpy(float) / (runs["N"] * runs["D"]).to_numpy(float))
+            lnc = np.log(runs["C"].to_numpy(float))
+            lnr = lnc - np.log((runs["N"] * runs["D"]).to_numpy(float))
             w = rng.multinomial(len(runs), np.full(len(runs), 1 / len(runs)), size=n_boot)
             coef = fit_parabolas(u, runs["loss"].to_numpy(float), w.astype(float))
             v = parabola_minimum(coef, u.min(), u.max())
             order = np.argsort(u)
             logn[:, j] = v + c.center
-            logd[:, j] = (np.log(c.budget) - np.interp(v, u[order], lnr[order]) - logn[:, j])
-        logc = np.log([c.budget for c in good])
-        return _power_fits(np.broadcast_to(logc, logn.shape), logn, logd)
+            logc[:, j] = np.interp(v, u[order], lnc[order])   # C at the drawn minimum
+            logd[:, j] = logc[:, j] - np.interp(v, u[order], lnr[order]) - logn[:, j]
+        return _power_fits(logc, logn, logd)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,12 +13,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from analysis import conventions
 from analysis import schema as S
 from analysis import studies
 from analysis.schema import AnalysisError
 from analysis.studies import Selection, StudyChoice
 from core import schema as M
-from core.flops import backbone_params
+from core.flops import CONVENTIONS, backbone_params
 from core.ladder import LADDER, MLP_HIDDEN, model_config
 from core.search import search_all
 
@@ -152,8 +153,10 @@ def _run_meta(runs: list) -> pd.DataFrame:
             "n_nonembed": _float(params.get(M.PARAM_N_NONEMBED)),
             "n_total": _float(params.get(M.PARAM_N_TOTAL)),
             "status": r.info.status,
+            "flop_convention": params.get(M.PARAM_FLOP_CONVENTION, conventions.DEFAULT),
             "_flops_per_token": _float(params.get(M.PARAM_FLOPS_PER_TOKEN)),
             "_flops_per_step": unit,
+            **{f"_fpt_{name}": v for name, v in conventions.per_token(params, tags).items()},
         })
     return pd.DataFrame.from_records(records)
 
@@ -207,16 +210,32 @@ def _runs_frame(client, runs: list, bulk: bool) -> pd.DataFrame:
     # D = C / flops_per_token.
     df["flops"] = df["flops"].fillna(df["step"] * df["_flops_per_step"])
     df["tokens"] = df["tokens"].fillna(df["flops"] / df["_flops_per_token"])
+    for name in CONVENTIONS:
+        df[conventions.column(name)] = df["tokens"] * df[f"_fpt_{name}"]
     last = df.groupby("mlflow_run_id")["step"].transform("max")
     df["is_final"] = (df["step"] == last) | df["step"].isna()
     df = df.sort_values(["family", "knob", "run_id", "step"], kind="stable").reset_index(drop=True)
     return df[list(S.RUN_COLUMNS)]
 
 
-def final_points(runs: pd.DataFrame, n_column: str = S.DEFAULT_N_COLUMN
-                 ) -> tuple[pd.DataFrame, DropCounts]:
+def study_convention(runs: pd.DataFrame) -> str:
+    """The FLOP convention the runs were trained under (their ``train.flop_convention``), the one
+    a fit uses by default; AnalysisError if the runs mix conventions (then name one: --flops)."""
+    found = sorted(runs["flop_convention"].dropna().unique())
+    if len(found) > 1:
+        raise AnalysisError(f"the runs were trained under {len(found)} FLOP conventions "
+                            f"({', '.join(found)}); choose the one to fit under with --flops")
+    return found[0] if found else conventions.DEFAULT
+
+
+def final_points(runs: pd.DataFrame, n_column: str = S.DEFAULT_N_COLUMN,
+                 flops: str | None = None) -> tuple[pd.DataFrame, DropCounts]:
     """Each run's final evaluation as a ``schema.FINAL_COLUMNS`` table, and what was dropped.
-    N is the ``n_column`` count (one of ``schema.N_COLUMNS``; default the backbone N).
+    N is the ``n_column`` count (one of ``schema.N_COLUMNS``; default the backbone N); C the
+    training FLOPs under convention ``flops`` (a core.flops.CONVENTIONS key; default the runs'
+    own, :func:`study_convention`): as logged for runs trained under it, else from the run's
+    FLOPs per token under it (analysis/conventions.py) × its tokens. ``budget`` stays the run's
+    budget tag: it only groups the runs of one isoFLOP curve.
 
     Only FINISHED runs count: a failed or running job's last point sits mid-schedule. One dlm.run_id
     logged under several MLflow runs (a resume) keeps its finished run with the most compute.
@@ -228,9 +247,13 @@ def final_points(runs: pd.DataFrame, n_column: str = S.DEFAULT_N_COLUMN
     failed = dedup["status"].isin(["FAILED", "KILLED"])
     unfinished = ~dedup["_ok"] & ~failed
     kept = dedup[dedup["_ok"]]
+    conv = study_convention(kept) if flops is None else flops
+    if conv not in CONVENTIONS:
+        raise AnalysisError(f"unknown FLOP convention {conv!r}; known: {', '.join(CONVENTIONS)}")
+    C = kept["flops"].where(kept["flop_convention"] == conv, kept[conventions.column(conv)])
     table = pd.DataFrame({
         "run_id": kept["run_id"], "family": kept["family"], "knob": kept["knob"],
-        "N": kept[n_column], "D": kept["tokens"], "C": kept["flops"], "loss": kept["val_nelbo"],
+        "N": kept[n_column], "D": kept["tokens"], "C": C, "loss": kept["val_nelbo"],
         "budget": kept["budget"],
     })
     table, nan = _drop_bad(table)

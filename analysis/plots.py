@@ -42,6 +42,10 @@ def _unidentified(fit) -> str:
     return f"{names} not identified by these runs"
 
 
+def _c_label(convention: str) -> str:
+    return f"training compute C (FLOPs, convention {convention})"
+
+
 def _c_grid(study: StudyFit) -> np.ndarray:
     return np.logspace(np.log10(study.c_range[0]), np.log10(study.c_range[1]), 200)
 
@@ -64,8 +68,10 @@ def plot_group(g: GroupFit, study: StudyFit, final: pd.DataFrame, runs: pd.DataF
     if runs is not None:
         mine = runs[runs["family"] == g.family]
         mine = mine[mine["knob"].isna()] if np.isnan(g.knob) else mine[mine["knob"] == g.knob]
+        col = f"flops_{study.flop_convention}"   # analysis.conventions.column
+        col = col if col in mine else "flops"
         for _, r in mine.groupby("mlflow_run_id"):
-            ax.plot(r["flops"], r["val_nelbo"], color="0.8", lw=0.7, zorder=1)
+            ax.plot(r[col], r["val_nelbo"], color="0.8", lw=0.7, zorder=1)
     pts = final[final["group"] == g.group]
     ax.scatter(pts["C"], pts["loss"], s=12, color="0.45", label="final evaluations", zorder=2)
     ax.plot(g.frontier.C, g.frontier.loss, "o-", color="C3", ms=5, lw=1, label="Pareto frontier",
@@ -80,7 +86,7 @@ def plot_group(g: GroupFit, study: StudyFit, final: pd.DataFrame, runs: pd.DataF
             ax.text(0.02, 0.02, _unidentified(fit), transform=ax.transAxes, fontsize=7,
                     color="C3", va="bottom")
     _loss_axis(ax)
-    ax.set(xscale="log", xlabel="training compute C (FLOPs)",
+    ax.set(xscale="log", xlabel=_c_label(study.flop_convention),
            ylabel=loss_label, title=f"{g.group}: loss vs compute")
     ax.legend(fontsize=8)
     return _save(fig, path)
@@ -104,7 +110,7 @@ def plot_pareto(study: StudyFit, path: Path, loss_label: str = NELBO_LABEL) -> P
         if x.crosses:
             ax.axvline(x.c, color="0.5", ls=":", lw=1)
     _loss_axis(ax)
-    ax.set(xscale="log", xlabel="training compute C (FLOPs)",
+    ax.set(xscale="log", xlabel=_c_label(study.flop_convention),
            ylabel=loss_label, title="Pareto frontiers and L(C) = A·C^-β + B")
     ax.legend(fontsize=8)
     return _save(fig, path)
@@ -121,13 +127,16 @@ def budget_colors(budgets) -> list:
     return [colormaps[_BUDGET_CMAP](0.9 * x) for x in t]   # 0.9: skip the map's faint yellow end
 
 
-def isoflop_figure(g: GroupFit, loss_label: str = NELBO_LABEL) -> Figure:
-    """Loss vs N per budget with the fitted parabolas and their minima; flagged curves dashed."""
+def isoflop_figure(g: GroupFit, loss_label: str = NELBO_LABEL, convention: str = "matmul"
+                   ) -> Figure:
+    """Loss vs N per budget with the fitted parabolas and their minima; flagged curves dashed.
+    Budgets are labelled by their runs' median C under ``convention``."""
     fig = Figure(figsize=(6.4, 4.6))
     ax = fig.subplots()
-    colors = budget_colors([c.budget for c in g.isoflops])
-    for c, color in zip(g.isoflops, colors):
-        ax.plot(c.N, c.loss, "o", color=color, ms=4, label=f"C={c.budget:.2g}")
+    levels = [c.c_level if np.isfinite(c.c_level) else c.budget for c in g.isoflops]
+    colors = budget_colors(levels)
+    for c, color, level in zip(g.isoflops, colors, levels):
+        ax.plot(c.N, c.loss, "o", color=color, ms=4, label=f"C={level:.2g}")
         if c.coef is not None:
             u = np.linspace(np.log(c.window[0]), np.log(c.window[1]), 100) - c.center
             ax.plot(np.exp(u + c.center), np.polyval(c.coef[::-1], u), color=color,
@@ -141,17 +150,18 @@ def isoflop_figure(g: GroupFit, loss_label: str = NELBO_LABEL) -> Figure:
         from matplotlib.cm import ScalarMappable
         from matplotlib.colors import Normalize
 
-        logc = np.log10([c.budget for c in g.isoflops])
+        logc = np.log10(levels)
         sm = ScalarMappable(Normalize(logc.min(), logc.min() + (logc.max() - logc.min()) / 0.9),
                             _BUDGET_CMAP)
-        fig.colorbar(sm, ax=ax, label="log10 budget C (FLOPs)")
+        fig.colorbar(sm, ax=ax, label=f"log10 budget C (FLOPs, {convention})")
     if len(g.isoflops) <= 10:  # past that a legend hides the curves; the colour bar reads C
         ax.legend(fontsize=7, ncol=2)
     return fig
 
 
-def plot_isoflops(g: GroupFit, path: Path, loss_label: str = NELBO_LABEL) -> Path:
-    return _save(isoflop_figure(g, loss_label), path)
+def plot_isoflops(g: GroupFit, path: Path, loss_label: str = NELBO_LABEL,
+                  convention: str = "matmul") -> Path:
+    return _save(isoflop_figure(g, loss_label, convention), path)
 
 
 def plot_residuals(study: StudyFit, path: Path) -> Path:
@@ -165,7 +175,7 @@ def plot_residuals(study: StudyFit, path: Path) -> Path:
         res = np.log(fit.predict(C=g.frontier.C)) - np.log(g.frontier.loss)
         ax.plot(g.frontier.C, res, "o-", color=f"C{i % 10}", ms=4, lw=0.8, label=g.group)
     ax.axhline(0, color="k", lw=0.8)
-    ax.set(xscale="log", xlabel="training compute C (FLOPs)", ylabel="ln L̂ − ln L",
+    ax.set(xscale="log", xlabel=_c_label(study.flop_convention), ylabel="ln L̂ − ln L",
            title="L(C) residuals on the frontier")
     ax.legend(fontsize=8)
     return _save(fig, path)
@@ -233,5 +243,6 @@ def write_plots(study: StudyFit, final: pd.DataFrame, out_dir: str | Path,
         paths.append(plot_group(g, study, final, runs,
                                 out / f"loss_vs_compute_{_slug(g.group)}.png", loss_label))
         if g.isoflops:
-            paths.append(plot_isoflops(g, out / f"isoflops_{_slug(g.group)}.png", loss_label))
+            paths.append(plot_isoflops(g, out / f"isoflops_{_slug(g.group)}.png", loss_label,
+                                       study.flop_convention))
     return paths

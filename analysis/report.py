@@ -64,13 +64,15 @@ def fits_json(study: StudyFit) -> dict:
             "frontier": {"C": g.frontier.C.tolist(), "loss": g.frontier.loss.tolist(),
                          "run_id": list(g.frontier.run_id)},
             "laws": {name: law(f) for name, f in g.laws.items()},
-            "isoflops": [{"budget": c.budget, "n_opt": c.n_opt, "d_opt": c.d_opt, "flag": c.flag,
+            "isoflops": [{"budget": c.budget, "c_level": c.c_level, "c_opt": c.c_opt,
+                          "n_opt": c.n_opt, "d_opt": c.d_opt, "flag": c.flag,
                           "N": c.N.tolist(), "loss": c.loss.tolist()} for c in g.isoflops],
             "backtest": ({**dataclasses.asdict(g.backtest), "error": g.backtest.error}
                          if g.backtest else None),
             "messages": list(g.messages),
         }
     return nan_to_none({
+        "flop_convention": study.flop_convention, "n_column": study.n_column,
         "n_boot": study.n_boot, "seed": study.seed, "c_range": study.c_range,
         "dropped": {**dataclasses.asdict(study.dropped), "total": study.dropped.total},
         "groups": groups,
@@ -103,7 +105,8 @@ def format_table(study: StudyFit) -> str:
     for g in study.groups:
         rows2.append((g.group, *(_cell(g.law("chinchilla"), k) for k in
                                   ("E", "alpha", "beta", "a_N", "b_D"))))
-    out = [f"L(C) = A*C^-beta + B on each frontier (C in FLOPs, L in nats/token), "
+    out = [f"C: training FLOPs under convention {study.flop_convention!r}; N: {study.n_column}",
+           f"L(C) = A*C^-beta + B on each frontier (C in FLOPs, L in nats/token), "
            f"95% bootstrap intervals over runs ({study.n_boot} draws); N*, D* from isoFLOP minima",
            _grid(rows), "", "L(N, D) = E + A/N^alpha + B/D^beta", _grid(rows2), ""]
     for name, law in LAWS.items():     # any other registered law: a table of its parameters

@@ -14,6 +14,7 @@ its final evaluation, with the names the fits use (N, D, C, loss).
 from __future__ import annotations
 
 from core import schema as M
+from core.flops import CONVENTIONS
 
 # Parameter counts a fit can use as N (fit_laws --n-column). The default is the backbone: the
 # per-token non-embedding parameters, equal for every family at one size, so a family's extra
@@ -40,7 +41,11 @@ RUN_COLUMNS: dict[str, str] = {
     "n_nonembed": "non-embedding parameters incl. time conditioning (n_backbone + n_time_cond)",
     "n_total": "all parameters (incl. embedding, head and time conditioning)",
     "tokens": "cumulative training tokens D at this evaluation",
-    "flops": "cumulative training FLOPs C at this evaluation",
+    "flops": "cumulative training FLOPs C at this evaluation, under the run's convention",
+    "flop_convention": "the run's train.flop_convention (what 'flops' and its budget count)",
+    **{f"flops_{name}": f"cumulative training FLOPs under core.flops convention {name!r} "
+                        "(NaN when the run neither logged nor can recompute it)"
+       for name in CONVENTIONS},
     "val_nelbo": "validation NELBO, nats/token",
     "train_loss": "training loss at the same step (NaN if not logged there)",
     "is_final": "True on the run's evaluation with the largest step",
@@ -54,7 +59,7 @@ FINAL_COLUMNS: dict[str, str] = {
     "knob": "float or NaN",
     "N": "parameters: the backbone count by default (fit_laws --n-column picks another)",
     "D": "training tokens",
-    "C": "training FLOPs",
+    "C": "training FLOPs, under one convention (fit_laws --flops; default the runs' own)",
     "loss": "final validation loss, nats/token",
     "budget": "isoFLOP budget the run belongs to (FLOPs); NaN -> clustered from C",
 }

@@ -52,6 +52,10 @@ class StudyFit:
     seed: int
     c_range: tuple[float, float]
     """Range searched for crossovers: smallest C in the data to 100x the largest."""
+    flop_convention: str = "matmul"
+    """What C counts: a core.flops.CONVENTIONS name, or 'table' for a table's own C."""
+    n_column: str = "n_backbone"
+    """What N counts (analysis.schema.N_COLUMNS), or 'table'."""
 
     def group(self, name: str) -> GroupFit:
         return next(g for g in self.groups if g.group == name)
@@ -119,8 +123,10 @@ def fit_group(final: pd.DataFrame, group: str, *, n_boot: int, seed: int,
 @single_threaded_blas
 def fit_study(final: pd.DataFrame, dropped: DropCounts = DropCounts(), *,
               families: list[str] | None = None, n_boot: int = 1000, seed: int = 0,
-              c_bin_tol: float = C_BIN_TOL_DEX) -> StudyFit:
+              c_bin_tol: float = C_BIN_TOL_DEX, flop_convention: str = "matmul",
+              n_column: str = "n_backbone") -> StudyFit:
     """Fit every selected group of a ``schema.FINAL_COLUMNS`` table and compare them pairwise.
+    ``flop_convention`` and ``n_column`` say what the table's C and N count (reports name them).
 
     ``c_bin_tol``: widest log10-C span (dex) of one isoFLOP budget for runs with no budget
     (``frontier.assign_budgets``)."""
@@ -133,7 +139,7 @@ def fit_study(final: pd.DataFrame, dropped: DropCounts = DropCounts(), *,
                       for a, b in itertools.combinations(fits, 2)
                       if a.law("compute") and b.law("compute"))
     return StudyFit(groups=fits, crossovers=crossings, dropped=dropped, n_boot=n_boot, seed=seed,
-                    c_range=c_range)
+                    c_range=c_range, flop_convention=flop_convention, n_column=n_column)
 
 
 def nan_to_none(x):

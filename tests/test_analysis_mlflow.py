@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -13,12 +15,17 @@ from mlflow.entities import Metric, Param  # noqa: E402
 
 from analysis import fit_laws, schema, synthetic  # noqa: E402
 from core import schema as M  # noqa: E402
+from core.flops import CONVENTIONS  # noqa: E402
 from analysis.load import DropCounts, final_points, latest_parent_run_id, load_runs  # noqa: E402
 
 SWEEP = "smoke_test"
 BUDGETS = np.logspace(16, 19, 4)
 FAMILIES = {"masked": {**synthetic.CHINCHILLA, "E": 1.9}, "uniform": synthetic.CHINCHILLA}
 EVALS = (0.25, 0.5, 1.0)  # evaluation points as fractions of the run's budget
+
+
+def _fpt(convention: str, n: float) -> float:
+    return 6 * n * ((n / 1e6) ** 0.2 if convention == "vonruette2025" else 1.0)
 
 
 def _trial(client, exp_id, parent_id, *, family, size, budget, n, evals, status="FINISHED",
@@ -33,7 +40,9 @@ def _trial(client, exp_id, parent_id, *, family, size, budget, n, evals, status=
     params = {"model.n_layer": "2", "train.batch_size": "8", M.PARAM_N_TOTAL: str(int(n)),
               M.PARAM_N_BACKBONE: str(int(n)),   # the N a fit uses by default: the planted N
               M.PARAM_N_NONEMBED: str(int(n * 0.6)), M.PARAM_FLOPS_PER_TOKEN: repr(6 * n),
-              "tokens_per_step": "1024"}
+              "tokens_per_step": "1024",
+              # every convention's count (issue 13): one of them grows faster than N
+              **{M.flops_per_token_param(c): repr(_fpt(c, n)) for c in CONVENTIONS}}
     metrics = []
     for i, (frac, loss) in enumerate(evals):
         flops = frac * budget
@@ -158,3 +167,33 @@ def test_cli_unknown_family_in_mlflow_is_named(store, tmp_path, capsys):
                         "autoregressive", "--out", str(tmp_path / "o")])
     assert rc == 2
     assert "unknown family 'autoregressive'" in capsys.readouterr().err
+
+
+def test_cli_refits_under_another_flop_convention(store, tmp_path, capsys):
+    out = tmp_path / "fits"
+    rc = fit_laws.main(["--experiment", SWEEP, "--tracking-uri", store["uri"], "--out", str(out),
+                        "--bootstrap", "0", "--flops", "vonruette2025"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "C: training FLOPs under convention 'vonruette2025'" in printed
+    final = pd.read_parquet(out / "final.parquet")
+    raw = store["raw"].sort_values(["family", "budget", "N"])
+    final = final.sort_values(["family", "budget", "N"])
+    expect = raw["D"].to_numpy() * np.array([_fpt("vonruette2025", n) for n in raw["N"]])
+    np.testing.assert_allclose(final["C"], expect, rtol=1e-9)
+    doc = json.loads((out / "fits.json").read_text())
+    assert doc["flop_convention"] == "vonruette2025" and doc["n_column"] == "n_backbone"
+    # under the runs' own convention (none logged: the project's default) C is the logged flops
+    rc = fit_laws.main(["--experiment", SWEEP, "--tracking-uri", store["uri"], "--out",
+                        str(tmp_path / "own"), "--bootstrap", "0"])
+    assert rc == 0 and "convention 'matmul'" in capsys.readouterr().out
+    own = pd.read_parquet(tmp_path / "own" / "final.parquet").sort_values(["family", "budget", "N"])
+    np.testing.assert_allclose(own["C"], raw["C"], rtol=1e-12)
+
+
+def test_cli_flops_is_for_mlflow_runs_only(tmp_path, capsys):
+    table = tmp_path / "t.csv"
+    synthetic.isoflop_table(budgets=BUDGETS).to_csv(table, index=False)
+    with pytest.raises(SystemExit):
+        fit_laws.main(["--from-table", str(table), "--flops", "sahoo2026"])
+    assert "--flops recounts C of MLflow runs" in capsys.readouterr().err
