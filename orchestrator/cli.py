@@ -207,7 +207,8 @@ def main(argv=None) -> int:
             tracking = SweepTracking(uri, configs[0].io.experiment)     # store + experiment, once
             sid = sweep_id(configs)
             parent = tracking.parent_run(name, sid, len(configs), args.preset or "default",
-                                         run_ids=[c.run_id() for c in configs])
+                                         run_ids=[c.run_id() for c in configs],
+                                         definitions=sweeps.get_preset(args.preset).definitions.name)
             done = tracking.finished(configs)
             todo = [dataclasses.replace(c, io=dataclasses.replace(c.io, parent_run_id=parent))
                     for c in configs if c.run_id() not in done]

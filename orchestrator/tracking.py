@@ -33,13 +33,14 @@ class SweepTracking:
         self.experiment_id = ensure_experiment(self.client, experiment)
 
     def parent_run(self, name: str, sid: str, n_runs: int, preset: str,
-                   run_ids: Iterable[str] = ()) -> str:
+                   run_ids: Iterable[str] = (), definitions: str = "project") -> str:
         """The parent run of this exact sweep (reused on re-runs), created if missing.
 
         ``run_ids``: the config hashes of every run of the study. They are recorded on the parent
         (``core.schema.MEMBERS_ARTIFACT``) so that the fit can select this study's runs, including the
         ones another study created and this one skips as finished, which mlflow.parentRunId
-        would attribute to the other study alone.
+        would attribute to the other study alone. ``definitions``: whose definitions the runs
+        use (sweeps/definitions.py; tag ``dlm.definitions``).
         """
         found = self.client.search_runs(
             [self.experiment_id],
@@ -52,7 +53,8 @@ class SweepTracking:
             run = self.client.create_run(
                 self.experiment_id, run_name=f"{name}-{preset}-{sid[:6]}",
                 tags={M.TAG_ROLE: M.ROLE_PARENT, M.TAG_SWEEP: name, M.TAG_SWEEP_ID: sid,
-                      M.TAG_PRESET: preset, M.TAG_N_RUNS: str(n_runs)})
+                      M.TAG_PRESET: preset, M.TAG_N_RUNS: str(n_runs),
+                      M.TAG_DEFINITIONS: definitions})
             run_id, tags = run.info.run_id, {}
         # A re-run keeps its parent's start_time; the fit's "latest study" reads this stamp too.
         self.client.set_tag(run_id, M.TAG_INVOKED, str(int(time.time() * 1000)))

@@ -22,7 +22,7 @@ def sweep_runs(recipe: Recipe, name: str, **selection) -> list[RunConfig]:
     command-line selection replacing the grid's fields."""
     sweep = recipe.sweep(name)
     return grid_runs(name, recipe.shape_of(name), select(sweep.grid, **selection),
-                     recipe.tokens_per_param)
+                     recipe.tokens_per_param, recipe.definitions)
 
 
 def _names() -> list[str]:

@@ -12,27 +12,30 @@ from trainer.data.loader import DataConfig
 from core.flops import compute_optimal_flops_per_token, train_flops_per_token
 from core.ladder import LADDER, model_config
 from trainer.families.registry import FAMILIES, NoiseConfig
+from sweeps.definitions import PROJECT, Definitions
 from sweeps.recipe import Grid, Shape
 
 
-def reference_flops_per_token(size: str, shape: Shape, time_cond: str = "none") -> float:
+def reference_flops_per_token(size: str, shape: Shape, time_cond: str = "none",
+                              convention: str = "matmul") -> float:
     """Training FLOPs per token of a ladder size at the shape's vocabulary and sequence length,
     with the given time conditioning (core.ladder.TIME_CONDS): its layers run once per sequence
     but at the laptop widths "adaln" (cond_dim 128) still adds ~1-6% per token at T = 128, enough
     to move a size across f*, so each family's grid is centred on its own count. The exact
-    per-run count is `trainer.plan.plan`'s (the tests use it)."""
+    per-run count is `trainer.plan.plan`'s (the tests use it). `convention`: the one the
+    budgets are counted in (core.flops.CONVENTIONS)."""
     cfg = model_config(size, vocab_size=shape.vocab_size + 1, out_vocab_size=shape.vocab_size,
                        seq_len=shape.seq_len, time_cond=time_cond)
-    return train_flops_per_token(cfg)
+    return train_flops_per_token(cfg, convention)
 
 
 def centred_sizes(budget: float, k: int, shape: Shape, tokens_per_param: float,
-                  time_cond: str = "none") -> tuple[str, ...]:
+                  time_cond: str = "none", convention: str = "matmul") -> tuple[str, ...]:
     """k consecutive ladder sizes (by FLOPs/token) around f* = compute_optimal_flops_per_token:
     k // 2 strictly below f*, the rest above; shifted inwards where the ladder ends."""
     if not 2 <= k <= len(LADDER):
         raise ValueError(f"sizes_per_budget must be in [2, {len(LADDER)}], got {k}")
-    flops = {s: reference_flops_per_token(s, shape, time_cond) for s in LADDER}
+    flops = {s: reference_flops_per_token(s, shape, time_cond, convention) for s in LADDER}
     ladder = sorted(LADDER, key=flops.__getitem__)
     f_star = compute_optimal_flops_per_token(budget, tokens_per_param)
     below = sum(flops[s] < f_star for s in ladder)
@@ -41,9 +44,11 @@ def centred_sizes(budget: float, k: int, shape: Shape, tokens_per_param: float,
 
 
 def make_run(sweep: str, shape: Shape, *, size: str, family: str, knob: float | None,
-             budget: float, pool_tokens: int | None) -> RunConfig:
-    """One RunConfig: the shape's training settings, tagged with the sweep (tag and experiment)."""
-    noise = NoiseConfig(family=family)
+             budget: float, pool_tokens: int | None,
+             definitions: Definitions = PROJECT) -> RunConfig:
+    """One RunConfig: the shape's training settings under `definitions` (FLOP convention, the
+    family's loss, time conditioning, training noise), tagged with the sweep."""
+    noise = NoiseConfig(family=family, **definitions.noise_fields(family))
     if knob is not None:
         noise = noise.with_knob(knob)             # the family's knob field (FamilySpec.knob)
     return RunConfig(
@@ -53,25 +58,33 @@ def make_run(sweep: str, shape: Shape, *, size: str, family: str, knob: float | 
         train=TrainConfig(budget_flops=budget, batch_size=shape.batch_size, seq_len=shape.seq_len,
                           lr=shape.lr_for(size), warmup_frac=shape.warmup_frac, evals=shape.evals,
                           eval_seqs=shape.eval_seqs, eval_t_repeats=shape.eval_t_repeats,
-                          data_pool_tokens=pool_tokens),
+                          data_pool_tokens=pool_tokens,
+                          flop_convention=definitions.flop_convention),
+        time_cond=definitions.time_cond_for(family),
+        cond_dim=definitions.cond_dim,
         engine=shape.engine,
         io=IOConfig(experiment=sweep),
         sweep=sweep,
     )
 
 
-def grid_runs(sweep: str, shape: Shape, grid: Grid, tokens_per_param: float) -> list[RunConfig]:
-    """Every run of a grid, ordered budget -> family -> knob -> size (ascending FLOPs/token)."""
+def grid_runs(sweep: str, shape: Shape, grid: Grid, tokens_per_param: float,
+              definitions: Definitions = PROJECT) -> list[RunConfig]:
+    """Every run of a grid under `definitions`, ordered budget -> family -> knob -> size
+    (ascending FLOPs/token)."""
     runs = []
     for budget in grid.budgets:
         for family in grid.families:
+            time_cond = (definitions.time_cond_for(family)
+                         or FAMILIES[family].time_cond_default)
             sizes = grid.sizes or centred_sizes(budget, grid.k_for(family), shape,
                                                 grid.ratio_for(family, tokens_per_param),
-                                                FAMILIES[family].time_cond_default)
+                                                time_cond, definitions.flop_convention)
             for knob in grid.knobs if FAMILIES[family].knob else (None,):
                 for size in sizes:
                     runs.append(make_run(sweep, shape, size=size, family=family, knob=knob,
-                                         budget=budget, pool_tokens=grid.pool_tokens))
+                                         budget=budget, pool_tokens=grid.pool_tokens,
+                                         definitions=definitions))
     return runs
 
 

@@ -11,7 +11,9 @@ dataclasses (Shape, Grid, Search, Sweep, Recipe) only validate; CPU_TOKENS_PER_S
 not choice.
 
 Presets: LAPTOP (the default: 2 CPU cores, <= 60 min for compute_bound), QUICK (<= 15 min,
-autoregressive + masked), CLUSTER (GPUs, budgets 1e17-1e20). A recipe's sweeps are records
+autoregressive + masked), CLUSTER (GPUs, budgets 1e17-1e20), and two on LAPTOP's scale under a
+paper's definitions (sweeps/definitions.py): VONRUETTE2025 (GIDD's five noise types) and SAHOO2026
+(AR, MDLM, Duo). A recipe's sweeps are records
 (`Sweep`: name, grid, optional own run shape, optional search); a new sweep is one more record
 (every preset has the same sweeps, in the same order: tests/test_sweeps.py checks it).
 """
@@ -23,6 +25,7 @@ from dataclasses import dataclass
 
 from trainer.config import EngineConfig
 from core.ladder import LADDER
+from sweeps.definitions import PROJECT, SAHOO2026, VONRUETTE2025, Definitions
 from trainer.families.registry import FAMILIES
 
 ALL_FAMILIES = tuple(FAMILIES)   # every registered family, in registry order (the baseline first)
@@ -91,7 +94,7 @@ class Shape:
 class Grid:
     """Which runs one sweep makes: budgets x (family, knob) x sizes, in that nesting order."""
     budgets: tuple[float, ...]
-    """Training FLOP budgets (matmul convention of core.flops), in run order."""
+    """Training FLOP budgets (under the recipe's Definitions.flop_convention), in run order."""
     families: tuple[str, ...]
     """Noise families (trainer.families.registry.FAMILIES), in run order."""
     knobs: tuple[float, ...] = (0.5,)
@@ -206,6 +209,8 @@ class Recipe:
     """RECIPE: Chinchilla's D = 20 N, applied to all training FLOPs (f* = 6 sqrt(C / 120))."""
     sweeps: tuple[Sweep, ...]
     """The preset's sweeps, in the order `sweeps.SWEEPS` lists them."""
+    definitions: Definitions = PROJECT
+    """Whose FLOP convention, training losses and time conditioning the runs use."""
 
     def __post_init__(self):
         object.__setattr__(self, "sweeps", tuple(self.sweeps))
@@ -362,7 +367,34 @@ CLUSTER = Recipe(
     ),
 )
 
-PRESETS: dict[str, Recipe] = {r.name: r for r in (LAPTOP, QUICK, CLUSTER)}
+# ------------------------------------------------------------------------------------------------
+# The papers' definitions at LAPTOP's scale (their budgets count FLOPs their way: more tokens per
+# budget than LAPTOP's, since neither convention counts attention and the head as ours does).
+# ------------------------------------------------------------------------------------------------
+# 2512.10858's five noise types: mixing shift b in {-1000, -2, 0, 2, 1000}, uniform share
+# sigmoid(b) (rounded to 6 digits; sigmoid(-1000) is 0 and sigmoid(1000) is 1 in float64).
+GIDD_SHARES = tuple(round(0.5 * (1 + math.tanh(b / 2)), 6) for b in (-1000.0, -2.0, 0.0, 2.0, 1000.0))
+
+VONRUETTE2025_RECIPE = LAPTOP.with_sweeps(
+    Sweep(name="compute_bound",
+          grid=Grid(budgets=(6e11, 8e11, 1.07e12), families=("autoregressive", "interpolating"),
+                    knobs=GIDD_SHARES, sizes_per_budget=4,
+                    tokens_per_param=LAPTOP_TOKENS_PER_PARAM)),
+    Sweep(name="noise_sweep",
+          grid=Grid(budgets=(1.6e12,), families=("interpolating",), knobs=GIDD_SHARES,
+                    sizes_per_budget=3)),
+    name="vonruette2025", definitions=VONRUETTE2025)
+
+SAHOO2026_RECIPE = LAPTOP.with_sweeps(
+    Sweep(name="compute_bound",
+          grid=Grid(budgets=(6e11, 8e11, 1.07e12, 1.43e12),
+                    families=("autoregressive", "masked", "uniform"), sizes_per_budget=4,
+                    family_sizes_per_budget=LAPTOP_SIZES_PER_BUDGET,
+                    tokens_per_param=LAPTOP_TOKENS_PER_PARAM)),
+    name="sahoo2026", definitions=SAHOO2026)
+
+PRESETS: dict[str, Recipe] = {r.name: r for r in (LAPTOP, QUICK, CLUSTER, VONRUETTE2025_RECIPE,
+                                                  SAHOO2026_RECIPE)}
 DEFAULT_PRESET = "laptop"
 
 
