@@ -350,8 +350,9 @@ def test_backbone_params_exclude_time_cond_on_built_model(size: str) -> None:
                     plain, name)
 
 
-def test_cli_json_113m() -> None:
-    cmd = [sys.executable, "-m", "core.flops", "--n-layer", "12", "--d-model", "768",
+@pytest.mark.parametrize("module", ["core.flops", "trainer.flops"])
+def test_cli_json_113m(module) -> None:
+    cmd = [sys.executable, "-m", module, "--n-layer", "12", "--d-model", "768",
            "--n-head", "12", "--vocab", "32001", "--seq-len", "2048", "--mlp", "gelu",
            "--convention", "sahoo2026", "--json"]
     out = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
