@@ -116,8 +116,6 @@ def main(argv: list[str] | None = None) -> int:
             convention = args.flops or load.study_convention(runs)
             n_column = args.n_column
             final, dropped = load.final_points(runs, n_column=args.n_column, flops=convention)
-            print(f"C: training FLOPs under convention {convention!r} "
-                  f"({CONVENTIONS[convention].source}); N: {n_column}")
             name = args.experiment
         final, worst = load.drop_worst(final, args.drop_worst)
         dropped = dataclasses.replace(dropped, worst=worst)

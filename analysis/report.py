@@ -10,6 +10,7 @@ import pandas as pd
 from analysis.bootstrap import LawFit
 from analysis.laws import EXTRAPOLATE, LAWS
 from analysis.study import GroupFit, StudyFit, nan_to_none
+from core.flops import CONVENTIONS
 
 FITS_COLUMNS = ("group", "law", "quantity", "estimate", "lo", "hi", "n_points", "n_boot", "flag")
 """``flag``: why the estimate is not identified by these runs (laws.NOT_IDENTIFIED), else None."""
@@ -105,7 +106,10 @@ def format_table(study: StudyFit) -> str:
     for g in study.groups:
         rows2.append((g.group, *(_cell(g.law("chinchilla"), k) for k in
                                   ("E", "alpha", "beta", "a_N", "b_D"))))
-    out = [f"C: training FLOPs under convention {study.flop_convention!r}; N: {study.n_column}",
+    conv = CONVENTIONS.get(study.flop_convention)
+    source = f" ({conv.source})" if conv else ""
+    out = [f"C: training FLOPs under convention {study.flop_convention!r}{source}; "
+           f"N: {study.n_column}",
            f"L(C) = A*C^-beta + B on each frontier (C in FLOPs, L in nats/token), "
            f"95% bootstrap intervals over runs ({study.n_boot} draws); N*, D* from isoFLOP minima",
            _grid(rows), "", "L(N, D) = E + A/N^alpha + B/D^beta", _grid(rows2), ""]

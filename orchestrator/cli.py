@@ -52,7 +52,9 @@ def parse(argv):
     ap = argparse.ArgumentParser(prog="python -m orchestrator", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("sweep", help=f"one of: {', '.join(sorted(sweeps.SWEEPS))}")
-    ap.add_argument("--preset", default=None, help="laptop (default), quick, cluster, ...")
+    ap.add_argument("--preset", default=None,
+                    help=f"one of: {', '.join(sweeps.PRESETS)} (default {sweeps.DEFAULT_PRESET}; "
+                         "vonruette2025 and sahoo2026 use those papers' definitions)")
     ap.add_argument("--sizes", type=_csv(str), help="comma-separated ladder sizes (override)")
     ap.add_argument("--budgets", type=_csv(float), help="comma-separated FLOP budgets (override)")
     ap.add_argument("--families", type=_csv(str), help="comma-separated families (override)")

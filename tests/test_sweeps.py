@@ -147,6 +147,9 @@ def test_cpu_presets_fit_their_time_limits():
     quick = _wall_minutes(_plans("compute_bound", "quick"))
     assert laptop <= 48, laptop
     assert quick <= 10, quick
+    for paper in ("vonruette2025", "sahoo2026"):     # the papers' definitions at laptop scale
+        minutes = _wall_minutes(_plans("compute_bound", paper))
+        assert minutes <= 48, (paper, minutes)
     smoke = [(c, p) for c, p in _plans("smoke", "laptop")]
     assert _wall_minutes(smoke) <= 1.5                    # seq 64 is faster per token than 128
     assert len(smoke) >= 6 and len({c.noise.family for c, _ in smoke}) >= 2
