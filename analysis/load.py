@@ -247,6 +247,11 @@ def final_points(runs: pd.DataFrame, n_column: str = S.DEFAULT_N_COLUMN,
     failed = dedup["status"].isin(["FAILED", "KILLED"])
     unfinished = ~dedup["_ok"] & ~failed
     kept = dedup[dedup["_ok"]]
+    # A runs table written before the per-convention columns existed (an older runs.parquet, a
+    # hand-built frame) counts C under the project's default convention, and no other.
+    kept = kept.assign(**{k: v for k, v in (("flop_convention", conventions.DEFAULT),
+                                            (conventions.column(flops or conventions.DEFAULT),
+                                             np.nan)) if k not in kept})
     conv = study_convention(kept) if flops is None else flops
     if conv not in CONVENTIONS:
         raise AnalysisError(f"unknown FLOP convention {conv!r}; known: {', '.join(CONVENTIONS)}")

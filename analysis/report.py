@@ -12,8 +12,10 @@ from analysis.laws import EXTRAPOLATE, LAWS
 from analysis.study import GroupFit, StudyFit, nan_to_none
 from core.flops import CONVENTIONS
 
-FITS_COLUMNS = ("group", "law", "quantity", "estimate", "lo", "hi", "n_points", "n_boot", "flag")
-"""``flag``: why the estimate is not identified by these runs (laws.NOT_IDENTIFIED), else None."""
+FITS_COLUMNS = ("group", "law", "quantity", "estimate", "lo", "hi", "n_points", "n_boot", "flag",
+                "flop_convention", "n_column")
+"""``flag``: why the estimate is not identified by these runs (laws.NOT_IDENTIFIED), else None;
+``flop_convention`` and ``n_column``: what the study's C and N count (the same on every row)."""
 
 
 def _law_rows(fit: LawFit) -> list[dict]:
@@ -43,7 +45,8 @@ def fits_table(study: StudyFit) -> pd.DataFrame:
         rows.append({"group": f"{x.a} vs {x.b}", "law": "crossover", "quantity": "C",
                      "estimate": x.c, "lo": x.lo, "hi": x.hi, "n_points": x.n_crossings,
                      "n_boot": study.n_boot})
-    return pd.DataFrame(rows, columns=list(FITS_COLUMNS))
+    table = pd.DataFrame(rows, columns=list(FITS_COLUMNS))
+    return table.assign(flop_convention=study.flop_convention, n_column=study.n_column)
 
 
 def _estimate(e) -> dict:

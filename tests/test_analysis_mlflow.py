@@ -183,6 +183,8 @@ def test_cli_refits_under_another_flop_convention(store, tmp_path, capsys):
     np.testing.assert_allclose(final["C"], expect, rtol=1e-9)
     doc = json.loads((out / "fits.json").read_text())
     assert doc["flop_convention"] == "vonruette2025" and doc["n_column"] == "n_backbone"
+    fits = pd.read_parquet(out / "fits.parquet")
+    assert set(fits["flop_convention"]) == {"vonruette2025"} and set(fits["n_column"]) == {"n_backbone"}
     # under the runs' own convention (none logged: the project's default) C is the logged flops
     rc = fit_laws.main(["--experiment", SWEEP, "--tracking-uri", store["uri"], "--out",
                         str(tmp_path / "own"), "--bootstrap", "0"])
