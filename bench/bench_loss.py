@@ -21,7 +21,7 @@ One process, two tables, every number measured in this run:
    validation NELBO (64 validation windows x 2 t-draws, the laptop evaluation). Validation is the
    exact NELBO for every loss: that column compares the losses on what the laws are fitted to.
 
-Default run: training ~2 min on an idle core (estimated from sweeps/recipe.py CPU_TOKENS_PER_S; the
+Default run: training ~2 min on an idle core (estimated from sweeps/calibration.py CPU_TOKENS_PER_S; the
 800-step, 1-seed version took 13 min on this shared, loaded 2-core machine); 600 steps is below the
 laptop budgets (L1-d16 at 6e11 FLOPs is ~6,500 steps), so the NELBO column says which loss learns
 faster early, not where each ends; `--steps 3000` for more.

@@ -1,5 +1,5 @@
 """Benchmark: training tokens/s of the small laptop sizes, every family (the numbers behind
-sweeps/recipe.py's CPU_TOKENS_PER_S), and what computing logits only where the loss is scored saves.
+sweeps/calibration.py's CPU_TOKENS_PER_S), and what computing logits only where the loss is scored saves.
 
     python -m bench.bench_tokens [--sizes L1-d8,L1-d12,...] [--families masked,uniform] [--rounds 3]
 

@@ -129,7 +129,7 @@ def check_data(configs: list[RunConfig]) -> None:
 
 
 PROBE_MIN_RUNS = 10          # below this the probe (~2-3 s per model shape) costs more than it tells
-NOMINAL_TOKENS_PER_S = 50e3  # order of one CPU thread here (sweeps/recipe.py CPU_TOKENS_PER_S)
+NOMINAL_TOKENS_PER_S = 50e3  # order of one CPU thread here (sweeps/calibration.py CPU_TOKENS_PER_S)
 
 
 def sweep_clock(todo: list[RunConfig], slots: int, plans: dict[str, Plan] | None = None) -> SweepClock:

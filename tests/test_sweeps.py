@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 
 import sweeps
-from sweeps.recipe import CPU_TOKENS_PER_S, PRESETS
+from sweeps.calibration import CPU_TOKENS_PER_S
+from sweeps.recipe import PRESETS
 from core.flops import compute_optimal_flops_per_token
 from trainer.plan import plan
 
