@@ -35,8 +35,16 @@ remain. β_t π_t is read off the family's own `marginal` (for z ≠ x the margi
 so a new family with this form needs no sampler code. The chain starts from z_1 ~ π_1 (it ignores
 the ε·δ(x) part of q_1, an O(ε) bias).
 
+How a distribution becomes a token is one `Draw` for every family (issue 14): temperature, nucleus
+(top-p) truncation of the model's prediction (every scaling-dllms gen_ppl.sh sets p_nucleus), an
+optional greedy final denoising step (Duo's noise_removal=greedy), and categorical draws by
+inverting the CDF in float64 (Duo samples in float64: a float32 CDF over V = 32768 tokens cannot
+reach most tail tokens of a peaked row, and is ~1e-3 off in total variation on a flat V = 131072
+one; tests/test_draws.py measures both exactly). The sampler's name with its non-default settings
+is what MLflow records (tag dlm.sampler), so speed-quality fronts compare like with like.
+
 Shapes: n sequences, T = seq_len positions, V real tokens, S = V (+1 mask) input states.
-Probabilities are float32; every draw uses the caller's seeded torch.Generator.
+Probabilities are float32, their CDFs float64; every draw uses the caller's seeded torch.Generator.
 """
 from __future__ import annotations
 
@@ -56,9 +64,53 @@ if TYPE_CHECKING:     # the families import their samplers from here
     from trainer.families.base import NoiseFamily
 
 
-VERSION = 2
+VERSION = 3
 """Bump when a sampler's output distribution changes: the sampling stage re-samples runs sampled
-by an older version (2: uniform / interpolating use the model's mean-parameterised reverse step)."""
+by an older version (2: uniform / interpolating use the model's mean-parameterised reverse step;
+3: float64 CDFs, so the same seed draws other tokens)."""
+
+
+@dataclass(frozen=True)
+class Draw:
+    """How every sampler turns a predicted distribution into tokens (the module docstring)."""
+    temperature: float = 1.0
+    """Logits are divided by it (> 0)."""
+    top_p: float = 1.0
+    """Nucleus: keep the smallest set of most likely tokens whose mass reaches top_p, renormalised
+    (0 < top_p <= 1; 1 = no truncation). Applied to the model's prediction x̂ (AR: the next-token
+    distribution), as scaling-dllms applies p_nucleus to its models' output."""
+    greedy_final: bool = False
+    """Diffusion: the last step (s = 0) takes each position's most likely token instead of a draw."""
+
+    def __post_init__(self):
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+    def probs(self, logits: Tensor) -> Tensor:
+        """softmax(logits / temperature), nucleus-truncated, float32: (..., V) -> (..., V)."""
+        p = F.softmax(logits.float() / self.temperature, dim=-1)
+        return p if self.top_p >= 1.0 else nucleus(p, self.top_p)
+
+    def label(self, sampler: str) -> str:
+        """The sampler's name with its non-default settings (MLflow tag dlm.sampler)."""
+        parts = [f"T={self.temperature:g}"] if self.temperature != 1.0 else []
+        parts += [f"top_p={self.top_p:g}"] if self.top_p < 1.0 else []
+        parts += ["greedy_final"] if self.greedy_final else []
+        return f"{sampler}[{','.join(parts)}]" if parts else sampler
+
+
+def nucleus(probs: Tensor, top_p: float) -> Tensor:
+    """Rows of `probs` (..., V) restricted to their nucleus and renormalised: the most likely
+    tokens, in order, up to and including the first at which the kept mass reaches top_p (so the
+    most likely token is always kept; ties at the boundary are broken by index)."""
+    sorted_p, order = probs.sort(dim=-1, descending=True, stable=True)
+    before = sorted_p.cumsum(-1) - sorted_p                    # mass strictly ahead of each token
+    keep_sorted = before < top_p * sorted_p.sum(-1, keepdim=True)
+    keep = torch.zeros_like(keep_sorted).scatter_(-1, order, keep_sorted)
+    out = torch.where(keep, probs, torch.zeros_like(probs))
+    return out / out.sum(-1, keepdim=True)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -91,21 +143,24 @@ class Sampler(ABC):
 
     @abstractmethod
     def sample(self, model: nn.Module, family: NoiseFamily, *, n: int, seq_len: int, steps: int,
-               temperature: float, gen: torch.Generator, start_id: int | None) -> Chunk:
+               draw: Draw, gen: torch.Generator, start_id: int | None) -> Chunk:
         """n sequences of seq_len tokens; draws only from `gen` (on the model's device)."""
 
 
-def _probs(logits: Tensor, temperature: float) -> Tensor:
-    """softmax(logits / temperature) in float32: (..., V) -> (..., V)."""
-    return F.softmax(logits.float() / temperature, dim=-1)
+def cdf64(probs: Tensor) -> Tensor:
+    """Row CDFs (..., K) of probs, accumulated in float64: a token of probability p keeps a CDF
+    step of width ~p however far into the tail it sits (a float32 CDF near 1 moves in steps of
+    6e-8, so every token below that is unreachable)."""
+    return probs.double().cumsum(-1)
 
 
 def _draw(probs: Tensor, gen: torch.Generator) -> Tensor:
-    """One categorical draw per row of probs (..., K) -> (...) ids, by inverting the row's CDF at
-    one uniform number: one random draw per row (torch.multinomial draws K exponentials per row,
-    ~40% of a uniform-diffusion sampling step at K = 513 here). Rows need not be normalised."""
+    """One categorical draw per row of probs (..., K) -> (...) ids, by inverting the row's CDF,
+    accumulated in float64, at one float64 uniform number: one random draw per row
+    (torch.multinomial draws K exponentials per row, ~40% of a uniform-diffusion sampling step at
+    K = 513 here). Rows need not be normalised."""
     flat = probs.reshape(-1, probs.shape[-1])
-    cdf = flat.cumsum(-1)                                                  # (rows, K)
+    cdf = cdf64(flat)                                                      # (rows, K)
     u = torch.rand((flat.shape[0], 1), generator=gen, device=flat.device, dtype=cdf.dtype) * cdf[:, -1:]
     # first index with cdf > u: zero-probability categories (flat cdf) are never chosen
     idx = torch.searchsorted(cdf, u, right=True).clamp_max_(flat.shape[-1] - 1)
@@ -129,20 +184,23 @@ class MaskedAncestral(Sampler):
     """MDLM ancestral sampling with logit caching (module docstring)."""
     name = "masked-ancestral-cached"
 
-    def sample(self, model, family, *, n, seq_len, steps, temperature, gen, start_id):
+    def sample(self, model, family, *, n, seq_len, steps, draw, gen, start_id):
         device = gen.device
         z = torch.full((n, seq_len), family.mask_id, dtype=torch.long, device=device)
         probs, nfe = None, 0
         for k in range(steps):
             t, s = 1.0 - k / steps, 1.0 - (k + 1) / steps
             if probs is None or takes_t(model.cfg):           # z changed, or the output depends on t
-                probs, nfe = _probs(_call(model, z, t), temperature), nfe + 1   # (n, T, V)
+                probs, nfe = draw.probs(_call(model, z, t)), nfe + 1             # (n, T, V)
             a_t, a_s = _alpha(family, t), _alpha(family, s)
-            p_unmask = 1.0 if k == steps - 1 else (a_s - a_t) / (1.0 - a_t)
+            last = k == steps - 1
+            p_unmask = 1.0 if last else (a_s - a_t) / (1.0 - a_t)
             u = torch.rand(z.shape, generator=gen, device=device)
             reveal = (z == family.mask_id) & (u < p_unmask)   # (n, T)
             if reveal.any():
-                z = z.masked_scatter(reveal, _draw(probs[reveal], gen))
+                picked = (probs[reveal].argmax(-1) if last and draw.greedy_final
+                          else _draw(probs[reveal], gen))
+                z = z.masked_scatter(reveal, picked)
                 probs = None                                  # stale: recompute next step
         return Chunk(z, steps, nfe)
 
@@ -161,13 +219,15 @@ class PosteriorAncestral(Sampler):
     """Ancestral sampling from p_θ(z_s | z_t) ∝ q(z_t | z_s) q_s(z_s | x̂) (module docstring)."""
     name = "mean-param-ancestral"
 
-    def sample(self, model, family, *, n, seq_len, steps, temperature, gen, start_id):
+    def sample(self, model, family, *, n, seq_len, steps, draw, gen, start_id):
         prior = _prior_mass(family, 1.0, gen.device)                          # (S,)
         z = _draw((prior / prior.sum()).expand(n, seq_len, -1), gen)          # z_1 ~ π_1
         for k in range(steps):                                                # the last step: s = 0
             t, s = 1.0 - k / steps, 1.0 - (k + 1) / steps
-            x_hat = _probs(_call(model, z, t), temperature)                   # (n, T, V)
-            z = _draw(self.unnormalised(family, x_hat, z, t, s), gen)         # (n, T) states
+            x_hat = draw.probs(_call(model, z, t))                            # (n, T, V)
+            post = self.unnormalised(family, x_hat, z, t, s)                  # (n, T, S)
+            # s = 0 puts no mass on the mask: the argmax is a real token
+            z = post.argmax(-1) if k == steps - 1 and draw.greedy_final else _draw(post, gen)
         return Chunk(z, steps, steps)                                         # real tokens only
 
     @staticmethod
@@ -199,11 +259,11 @@ class Autoregressive(Sampler):
     (families.autoregressive.Autoregressive.prepare, start token EOT_ID): the sampler starts from
     `start_id` (callers pass the corpus's end-of-text id, = EOT_ID), which is not part of the
     output, so the first sampled token is drawn exactly as training scored it. `steps` is ignored:
-    seq_len positions are generated, and reported."""
+    seq_len positions are generated, and reported; so is `draw.greedy_final` (no denoising)."""
 
     name = "ar-kvcache"
 
-    def sample(self, model, family, *, n, seq_len, steps, temperature, gen, start_id):
+    def sample(self, model, family, *, n, seq_len, steps, draw, gen, start_id):
         if start_id is None:
             raise ValueError("autoregressive sampling needs start_id (e.g. the corpus's eot id)")
         device = gen.device
@@ -212,7 +272,7 @@ class Autoregressive(Sampler):
         prev = torch.full((n, 1), start_id, dtype=torch.long, device=device)
         for i in range(seq_len):
             logits = model.decode(prev, cache)[:, -1]                          # (n, V)
-            out[:, i] = _draw(_probs(logits, temperature), gen)
+            out[:, i] = _draw(draw.probs(logits), gen)
             prev = out[:, i : i + 1]
         return Chunk(out, seq_len, seq_len)
 
@@ -220,12 +280,14 @@ class Autoregressive(Sampler):
 @torch.no_grad()
 def generate(model: nn.Module, family: NoiseFamily, *, n: int, seq_len: int, steps: int, seed: int,
              temperature: float = 1.0, device: str | torch.device = "cpu",
-             batch_size: int | None = None, start_id: int | None = None) -> SampleResult:
+             batch_size: int | None = None, start_id: int | None = None, top_p: float = 1.0,
+             greedy_final: bool = False) -> SampleResult:
     """Sample n sequences of seq_len tokens from `model` (a trainer.model.transformer.Transformer of `family`).
 
     steps: denoising steps on the uniform grid t_k = 1 − k/steps (ignored by the AR family, which
     takes seq_len positions). seed: same seed, device and batch_size -> identical tokens.
-    temperature: logits are divided by it (> 0). batch_size: sequences per batch (default n).
+    temperature, top_p, greedy_final: a `Draw` (ValueError naming a bad one). batch_size: sequences
+    per batch (default n).
     start_id: the token the AR model is conditioned on before its first output (required there,
     ignored by diffusion). The model is put in eval mode and moved to `device`."""
     sampler = getattr(family, "sampler", None)
@@ -234,8 +296,7 @@ def generate(model: nn.Module, family: NoiseFamily, *, n: int, seq_len: int, ste
     for name, value in (("n", n), ("seq_len", seq_len), ("steps", steps)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+    draw = Draw(temperature=temperature, top_p=top_p, greedy_final=greedy_final)
     if seq_len > model.cfg.seq_len:
         raise ValueError(f"seq_len {seq_len} exceeds the model's seq_len {model.cfg.seq_len}")
     batch = batch_size or n
@@ -245,7 +306,7 @@ def generate(model: nn.Module, family: NoiseFamily, *, n: int, seq_len: int, ste
     _sync(device)
     t0 = time.perf_counter()
     chunks = [sampler.sample(model, family, n=min(batch, n - i), seq_len=seq_len, steps=steps,
-                             temperature=temperature, gen=gen, start_id=start_id)
+                             draw=draw, gen=gen, start_id=start_id)
               for i in range(0, n, batch)]
     _sync(device)
     seconds = time.perf_counter() - t0
