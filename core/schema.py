@@ -169,6 +169,8 @@ PARAM_SEED = "seed"
 PARAM_N_SAMPLES = "n_samples"
 PARAM_SEQ_LEN = "seq_len"
 PARAM_TEMPERATURE = "temperature"
+PARAM_TOP_P = "top_p"                              # nucleus mass (trainer.sampling.samplers.Draw)
+PARAM_GREEDY_FINAL = "greedy_final"                # the last denoising step takes the argmax
 
 # --- trial metrics --------------------------------------------------------------------------------
 METRIC_LOSS = "val_nelbo"

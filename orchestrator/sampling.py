@@ -92,8 +92,11 @@ def pick_judge(runs: list, judge: str | None, dirs: dict[str, Path | None]):
 
 def settings_key(job: Job, judge_run: str) -> str:
     from trainer.sampling.samplers import VERSION
-    blob = json.dumps({"steps": job.steps, "n": job.n, "seed": job.seed, "t": job.temperature,
-                       "judge": judge_run, "sampler_version": VERSION}, sort_keys=True)
+    settings = {"steps": job.steps, "n": job.n, "seed": job.seed, "t": job.temperature,
+                "judge": judge_run, "sampler_version": VERSION}
+    if job.top_p < 1.0 or job.greedy_final:        # the defaults keep earlier keys
+        settings.update(top_p=job.top_p, greedy_final=job.greedy_final)
+    blob = json.dumps(settings, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -116,7 +119,8 @@ def log_result(client, exp_id, parent, src, judge, judge_text, key, res, job, re
                for p in res["points"] for k in M.SAMPLING_METRICS]
     params = [Param(M.PARAM_SEED, str(job.seed)), Param(M.PARAM_N_SAMPLES, str(job.n)),
               Param(M.PARAM_SEQ_LEN, str(res["seq_len"])),
-              Param(M.PARAM_TEMPERATURE, str(job.temperature))]
+              Param(M.PARAM_TEMPERATURE, str(job.temperature)), Param(M.PARAM_TOP_P, str(job.top_p)),
+              Param(M.PARAM_GREEDY_FINAL, str(job.greedy_final))]
     client.log_batch(run.info.run_id, metrics=metrics, params=params)
     example = "\n\n".join(f"[steps {p['steps']}] {p['example']}" for p in res["points"])
     client.log_text(run.info.run_id, example, "samples.txt")
@@ -135,6 +139,10 @@ def parse(argv):
     ap.add_argument("--n", type=int, default=32, help="sequences per (run, steps)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--temperature", type=float, default=1.0)
+    ap.add_argument("--top-p", type=float, default=1.0,
+                    help="nucleus mass in (0, 1]: draw from the most likely tokens holding it (1 = all)")
+    ap.add_argument("--greedy-final", action="store_true",
+                    help="diffusion: the last denoising step takes each position's argmax")
     ap.add_argument("--judge", default=None, help=f"judge run (MLflow id or {M.TAG_RUN_ID} prefix); "
                     "default: the study's best autoregressive run")
     ap.add_argument("--repeats", type=int, default=3, help="timed calls per point (median)")
@@ -157,6 +165,8 @@ def main(argv=None) -> int:
                 raise ValueError(f"--{name} must be >= 1")
         if not args.temperature > 0:
             raise ValueError("--temperature must be > 0")
+        if not 0.0 < args.top_p <= 1.0:
+            raise ValueError(f"--top-p must be in (0, 1], got {args.top_p}")
         client = MlflowClient(resolve_uri(args.tracking_uri))
         exp_id, trials = _trials(client, args.experiment)
         if not trials:
@@ -177,7 +187,8 @@ def main(argv=None) -> int:
     jobs = {}
     for r in usable:
         job = Job(r.info.run_id, str(dirs[r.info.run_id]), str(judge_dir), steps, args.n, args.seed,
-                  args.temperature, args.threads, args.repeats)
+                  args.temperature, args.threads, args.repeats, top_p=args.top_p,
+                  greedy_final=args.greedy_final)
         if (r.info.run_id, settings_key(job, judge.info.run_id)) not in done:
             jobs[r.info.run_id] = job
     print(f"sampling {args.experiment}: {len(trials)} finished runs, {len(usable) - len(jobs)} already "

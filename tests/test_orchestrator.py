@@ -59,6 +59,7 @@ def test_bad_input_fails_before_ray_starts(tmp_path, args, needle):
 @pytest.mark.parametrize("args,needle", [
     (["nosuchstudy"], "nosuchstudy"),
     (["smoke", "--steps", "0,8"], "--steps"),
+    (["smoke", "--top-p", "0"], "--top-p"),
 ])
 def test_sampling_stage_rejects_bad_input_before_ray(tmp_path, args, needle):
     from mlflow.tracking import MlflowClient as Client

@@ -43,3 +43,16 @@ def test_ref_entropy_is_that_of_real_text(trained):
     from trainer.sampling.job import ref_entropy
     dirs, seq_len = trained
     assert 0 < ref_entropy(dirs["autoregressive"], 4) <= math.log(seq_len)
+
+
+def test_sample_job_names_its_draw_settings(trained):
+    from orchestrator.sampling import settings_key
+    from trainer.sampling.job import Job, sample_job
+    dirs, _ = trained
+    base = Job("mlflow-id", str(dirs["masked"]), str(dirs["autoregressive"]), steps=(4,), n=2,
+               seed=0, temperature=1.0, threads=1, repeats=1)
+    nucleus = Job(**{**base.__dict__, "top_p": 0.9, "greedy_final": True})
+    assert sample_job(base)["sampler"] == "masked-ancestral-cached"
+    assert sample_job(nucleus)["sampler"] == "masked-ancestral-cached[top_p=0.9,greedy_final]"
+    # another draw is another measurement: a re-run does not mistake one for the other
+    assert settings_key(base, "judge") != settings_key(nucleus, "judge")

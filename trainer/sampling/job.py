@@ -31,16 +31,19 @@ class Job:
     temperature: float
     threads: int
     repeats: int
+    top_p: float = 1.0       # trainer.sampling.samplers.Draw
+    greedy_final: bool = False
 
 
 def sample_job(job: Job) -> dict:
     """Sample at every step count, time it, score it. Returns plain data: {"source_run", "seq_len",
-    "sampler", "points": [{"steps", "example", <core.schema.SAMPLING_METRICS>...}, ...]}."""
+    "sampler" (its name and non-default draw settings, Draw.label), "points": [{"steps", "example",
+    <core.schema.SAMPLING_METRICS>...}, ...]}."""
     import torch
 
     from trainer.sampling.quality import gen_ppl, unigram_entropy
     from trainer.sampling.sample import load_run
-    from trainer.sampling.samplers import generate
+    from trainer.sampling.samplers import Draw, generate
 
     torch.set_num_threads(job.threads)
     model, family, cfg, corpus = load_run(job.run_dir)
@@ -50,7 +53,9 @@ def sample_job(job: Job) -> dict:
                          f"{cfg.run_id()}: gen-PPL would not be comparable")
     T = cfg.train.seq_len
     steps_list = (T,) if family.causal else job.steps
-    kw = dict(n=job.n, seq_len=T, seed=job.seed, temperature=job.temperature, start_id=corpus.eot_id)
+    draw = Draw(temperature=job.temperature, top_p=job.top_p, greedy_final=job.greedy_final)
+    kw = dict(n=job.n, seq_len=T, seed=job.seed, temperature=job.temperature, top_p=job.top_p,
+              greedy_final=job.greedy_final, start_id=corpus.eot_id)
     generate(model, family, **dict(kw, n=1), steps=2)                     # warm-up (allocators)
     points = []
     for steps in steps_list:
@@ -63,7 +68,7 @@ def sample_job(job: Job) -> dict:
                        M.METRIC_ENTROPY: unigram_entropy(tokens), M.METRIC_NFE: float(runs[0].nfe),
                        "example": corpus.decode(tokens[0].tolist())})
     return {"source_run": job.source_run, "points": points, "seq_len": T,
-            "sampler": family.sampler.name}
+            "sampler": draw.label(family.sampler.name)}
 
 
 def ref_entropy(judge_dir: str | Path, n: int) -> float:

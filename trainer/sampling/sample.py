@@ -1,7 +1,8 @@
 """Sample from a finished run and print the text:
 
     python -m trainer.sampling.sample --run RUN_ID --steps 64 --n 16 [--out-dir runs] [--seed 0]
-                             [--temperature 1.0] [--seq-len T] [--batch-size B] [--device cpu]
+                             [--temperature 1.0] [--top-p 1.0] [--greedy-final] [--seq-len T]
+                             [--batch-size B] [--device cpu]
                              [--threads N]
 
 RUN_ID is the run's config hash (the directory name under out_dir, RunConfig.run_id(); the MLflow
@@ -171,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=16, help="number of samples")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--temperature", type=float, default=1.0)
+    ap.add_argument("--top-p", type=float, default=1.0, help="nucleus mass in (0, 1] (1 = no truncation)")
+    ap.add_argument("--greedy-final", action="store_true",
+                    help="diffusion: the last denoising step takes each position's argmax")
     ap.add_argument("--seq-len", type=int, default=None, help="tokens per sample (default: training's)")
     ap.add_argument("--batch-size", type=int, default=None, help="sequences per batch (default: n)")
     ap.add_argument("--device", default="cpu")
@@ -182,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         model, family, cfg, corpus = load_run(find_run(args.out_dir, args.run), args.device)
         res = generate(model, family, n=args.n, seq_len=args.seq_len or cfg.train.seq_len,
                        steps=args.steps, seed=args.seed, temperature=args.temperature,
+                       top_p=args.top_p, greedy_final=args.greedy_final,
                        device=args.device, batch_size=args.batch_size, start_id=corpus.eot_id)
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
