@@ -49,7 +49,8 @@ SAMPLING_COLUMNS: dict[str, str] = {
     "group": "schema.group_label(family, knob): 'masked', 'interpolating@0.5', ...",
     "size": "ladder name of the trained model",
     "budget": "training budget, FLOPs",
-    "sampler": f"sampler name ({M.TAG_SAMPLER})",
+    "sampler": f"sampler name with its non-default draw settings ({M.TAG_SAMPLER}, "
+               "trainer.sampling.samplers.Draw.label: 'masked-ancestral-cached[top_p=0.9]')",
     "steps": "denoising steps (autoregressive: seq_len); the metrics' MLflow step",
     "tokens_per_s": "generated tokens per second",
     "latency_s": "seconds per sequence",
@@ -186,8 +187,9 @@ def speed_quality_table(df: pd.DataFrame, min_entropy_ratio: float = MIN_ENTROPY
                         ) -> pd.DataFrame:
     """``df`` (``SAMPLING_COLUMNS``) sorted by group, size, budget, run, steps, with columns
 
-    ``degenerate`` (:func:`degenerate_mask`), ``front_group`` (on the front of its group) and
-    ``front_all`` (on the front over every group); both fronts within one judge, without
+    ``degenerate`` (:func:`degenerate_mask`), ``front_group`` (on the front of its group),
+    ``front_sampler`` (on the front of its group's points from one sampler and its settings) and
+    ``front_all`` (on the front over every group); every front within one judge, without
     degenerate points.
     """
     out = (df.assign(_size=_size_rank(df["size"]))
@@ -195,9 +197,12 @@ def speed_quality_table(df: pd.DataFrame, min_entropy_ratio: float = MIN_ENTROPY
              .drop(columns="_size").reset_index(drop=True))
     out["degenerate"] = degenerate_mask(out, min_entropy_ratio)
     quality = out["gen_ppl"].where(~out["degenerate"])  # NaN: off every front
-    out["front_group"] = False
-    out["front_all"] = False
-    for col, keys in (("front_group", ["judge_run_id", "group"]), ("front_all", ["judge_run_id"])):
+    fronts = (("front_group", ["judge_run_id", "group"]),
+              ("front_sampler", ["judge_run_id", "group", "sampler"]),
+              ("front_all", ["judge_run_id"]))
+    for col, keys in fronts:
+        out[col] = False
+    for col, keys in fronts:
         for _, part in out.groupby(keys, sort=False):
             out.loc[part.index, col] = pareto_mask(part["tokens_per_s"], quality[part.index])
     return out
@@ -206,7 +211,7 @@ def speed_quality_table(df: pd.DataFrame, min_entropy_ratio: float = MIN_ENTROPY
 def plot_speed_quality(df: pd.DataFrame, path: str | Path,
                        min_entropy_ratio: float = MIN_ENTROPY_RATIO) -> Path:
     """The chart (see :func:`analysis.plots.plot_speed_quality`) of a table or raw ``df``."""
-    table = (df if {"front_all", "front_group", "degenerate"} <= set(df.columns)
+    table = (df if {"front_all", "front_group", "front_sampler", "degenerate"} <= set(df.columns)
              else speed_quality_table(df, min_entropy_ratio))
     return plots.plot_speed_quality(table, Path(path))
 
@@ -225,6 +230,7 @@ def format_markdown(table: pd.DataFrame, min_entropy_ratio: float = MIN_ENTROPY_
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for r in table.itertuples(index=False):
         marks = [m for m, on in (("all", r.front_all), ("group", r.front_group),
+                                 ("sampler", r.front_sampler and not r.front_group),
                                  ("degenerate", r.degenerate)) if on]
         cells = [r.group, r.size, _fmt(r.budget, ".3g"), r.sampler, str(r.steps),
                  _fmt(r.tokens_per_s, ".4g"), _fmt(1e3 * r.latency_s, ".4g"),
@@ -234,7 +240,9 @@ def format_markdown(table: pd.DataFrame, min_entropy_ratio: float = MIN_ENTROPY_
     lines += [""] + [f"judge: {j.judge or '(unnamed)'} [MLflow run {j.judge_run_id}]"
                      for j in judges.itertuples(index=False)]
     refs = ", ".join(f"{v:.3f}" for v in sorted(table["ref_entropy"].dropna().unique()))
-    lines.append(f"front: all = on the front over every group, group = on its group's front; "
+    lines.append(f"front: all = on the front over every group, group = on its group's front, "
+                 f"sampler = only on the front of its group's points from its sampler and settings "
+                 f"(a point on its group's front is on its sampler's too); "
                  f"degenerate = entropy < {min_entropy_ratio:g} x reference ({refs or '-'} nats)")
     if len(judges) > 1:
         lines.append("note: several judges; fronts are found within each judge")
