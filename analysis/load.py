@@ -19,8 +19,8 @@ from analysis import studies
 from analysis.schema import AnalysisError
 from analysis.studies import Selection, StudyChoice
 from core import schema as M
-from core.flops import CONVENTIONS, backbone_params
-from core.ladder import LADDER, MLP_HIDDEN, model_config
+from analysis.conventions import number as _float
+from core.flops import CONVENTIONS
 from core.search import search_all
 
 _BULK_CHUNK = 200  # run ids per bulk metric query (keeps the SQL IN list short)
@@ -115,26 +115,6 @@ def _histories(client, run_ids: list[str], *, bulk: bool,
                 .drop_duplicates(["mlflow_run_id", "key", "step"], keep="last"))
 
 
-def _float(text: str | None) -> float:
-    try:
-        return float(text) if text not in (None, "") else np.nan
-    except ValueError:
-        return np.nan
-
-
-def _backbone(params: dict, size: str) -> float:
-    """The run's backbone N: its logged ``n_params_backbone``, else (a run logged before that
-    param existed) recomputed from its config — the backbone depends on the ladder size and the
-    MLP kind only (core.flops.backbone_params), so an old study can be refitted on it. NaN when
-    neither is there."""
-    logged = _float(params.get(M.PARAM_N_BACKBONE))
-    mlp = params.get("mlp", "gelu")
-    if logged == logged or size not in LADDER or mlp not in MLP_HIDDEN:
-        return logged
-    return float(backbone_params(model_config(size, vocab_size=2, out_vocab_size=2, seq_len=1,
-                                              mlp=mlp)))
-
-
 def _run_meta(runs: list) -> pd.DataFrame:
     records = []
     for r in runs:
@@ -148,7 +128,7 @@ def _run_meta(runs: list) -> pd.DataFrame:
             "knob": _float(tags.get(M.TAG_KNOB)),
             "size": tags.get(M.TAG_SIZE, ""),
             "budget": _float(tags.get(M.TAG_BUDGET)),
-            "n_backbone": _backbone(params, tags.get(M.TAG_SIZE, "")),
+            "n_backbone": conventions.backbone(params, tags.get(M.TAG_SIZE, "")),
             "n_time_cond": _float(params.get(M.PARAM_N_TIME_COND)),
             "n_nonembed": _float(params.get(M.PARAM_N_NONEMBED)),
             "n_total": _float(params.get(M.PARAM_N_TOTAL)),

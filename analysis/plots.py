@@ -14,6 +14,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
+from analysis import conventions
 from analysis.study import GroupFit, StudyFit
 
 _DPI = 120
@@ -68,7 +69,7 @@ def plot_group(g: GroupFit, study: StudyFit, final: pd.DataFrame, runs: pd.DataF
     if runs is not None:
         mine = runs[runs["family"] == g.family]
         mine = mine[mine["knob"].isna()] if np.isnan(g.knob) else mine[mine["knob"] == g.knob]
-        col = f"flops_{study.flop_convention}"   # analysis.conventions.column
+        col = conventions.column(study.flop_convention)
         col = col if col in mine else "flops"
         for _, r in mine.groupby("mlflow_run_id"):
             ax.plot(r[col], r["val_nelbo"], color="0.8", lw=0.7, zorder=1)

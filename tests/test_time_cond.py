@@ -162,7 +162,7 @@ def test_laws_fit_on_the_backbone_n_by_default():
 def test_old_runs_get_their_backbone_n_from_their_config():
     # A run logged before n_params_backbone existed: N is recomputed from its size and MLP (the
     # backbone depends on nothing else), so an existing study can be refitted on the corrected N.
-    from analysis.load import _backbone
+    from analysis.conventions import backbone as _backbone
 
     for size, mlp in (("L2-d64", "gelu"), ("L4-d128", "swiglu")):
         expect = flops.backbone_params(model_config(size, vocab_size=9, out_vocab_size=9,
