@@ -26,6 +26,7 @@ _REL_TOL = 1e-9
 # Before issue 13, RunConfig.time_cond was a bool (None: the family's default, full-width adaLN
 # for the diffusion families that took t); the layout of that adaLN is TIME_CONDS "adaln_full".
 _LEGACY_TIME_COND = {"True": "adaln_full", "False": "none"}
+# The families that took t then, under the names those runs logged (hybrid was "interpolating").
 _LEGACY_TAKES_T = ("uniform", "interpolating")
 
 

@@ -26,7 +26,7 @@ TARGET_S = 10.0
 FAMILIES = {  # planted laws: distinct enough that some pairs cross
     "masked": {**CHINCHILLA, "E": 1.9},
     "uniform": {**CHINCHILLA, "E": 1.6, "A": 900.0, "B": 1200.0},
-    "interpolating@0.5": {**CHINCHILLA, "E": 1.75, "A": 600.0},
+    "hybrid@0.5": {**CHINCHILLA, "E": 1.75, "A": 600.0},
     "autoregressive": CHINCHILLA,
 }
 N_BUDGETS = 25

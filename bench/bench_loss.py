@@ -1,6 +1,6 @@
 """Benchmark: how noisy each training loss is, and what it buys in validation NELBO (issue 13).
 
-    python -m bench.bench_loss [--sizes L1-d16,L2-d32] [--steps 600] [--families uniform,interpolating]
+    python -m bench.bench_loss [--sizes L1-d16,L2-d32] [--steps 600] [--families uniform,hybrid]
                                [--losses 'elbo,elbo t>=1e-3,gidd'] [--oracle-batches 300]
                                [--oracle-seeds 3] [--no-training | --no-oracle] [--threads 1]
 
@@ -115,7 +115,7 @@ def train_one(size: str, noise: NoiseConfig, tokens: np.ndarray, val: np.ndarray
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", default="L1-d16,L2-d32")
-    ap.add_argument("--families", default="uniform,interpolating")
+    ap.add_argument("--families", default="uniform,hybrid")
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--oracle-batches", type=int, default=300)
     ap.add_argument("--oracle-seeds", type=int, default=3)

@@ -1,6 +1,6 @@
 """Sampler speed of every family on one backbone size, as ratios measured in one run:
 
-- tokens/s of the masked, uniform and interpolating samplers at 3 step counts, and of the
+- tokens/s of the masked, uniform and hybrid samplers at 3 step counts, and of the
   autoregressive sampler with its KV cache (seq_len positions), each the median of --repeats timed
   calls after a warm-up; ratio = family tokens/s ÷ autoregressive-with-cache tokens/s;
 - the autoregressive sampler without a cache (the full prefix re-run per position) as a check of
@@ -24,7 +24,7 @@ from trainer.model.transformer import Transformer
 from trainer.families.registry import NoiseConfig, build_family
 from trainer.sampling.samplers import generate
 
-FAMILIES = ("masked", "uniform", "interpolating")
+FAMILIES = ("masked", "uniform", "hybrid")
 
 
 def _model(size: str, family, seq_len: int) -> Transformer:

@@ -29,7 +29,7 @@ from core.ladder import LADDER, model_config
 from trainer.families.registry import NoiseConfig, build_family
 
 SMALL = ("L1-d8", "L1-d12", "L1-d16", "L2-d16", "L2-d24", "L2-d32", "L2-d48", "L2-d64")
-FAMILIES = ("autoregressive", "masked", "uniform", "interpolating")
+FAMILIES = ("autoregressive", "masked", "uniform", "hybrid")
 B, T, V = 8, 128, 512
 
 

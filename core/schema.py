@@ -19,8 +19,8 @@ Layout of a study in the tracking store
 * One **child run per training job**, tagged ``dlm.role=trial`` with ``mlflow.parentRunId`` set.
 
 Trial tags
-    ``dlm.family``       noise family: "masked", "uniform", "interpolating", "autoregressive".
-    ``dlm.knob``         float as str: the family's knob (interpolating: ``uniform_share`` in
+    ``dlm.family``       noise family: "masked", "uniform", "hybrid", "autoregressive".
+    ``dlm.knob``         float as str: the family's knob (hybrid: ``uniform_share`` in
                          [0, 1]); "" for families without one.
     ``dlm.size``         name of the model on the size ladder.
     ``dlm.budget_flops`` float as str: the job's training-compute budget in FLOPs.

@@ -84,8 +84,8 @@ PROJECT = Definitions(name="project", source="this project's defaults (README, D
 
 VONRUETTE2025 = Definitions(
     name="vonruette2025", flop_convention="vonruette2025",
-    train_loss=(("masked", "gidd"), ("uniform", "gidd"), ("interpolating", "gidd")),
-    time_cond=(("masked", "none"), ("uniform", "none"), ("interpolating", "none")),
+    train_loss=(("masked", "gidd"), ("uniform", "gidd"), ("hybrid", "gidd")),
+    time_cond=(("masked", "none"), ("uniform", "none"), ("hybrid", "none")),
     t_min=t_min_for_log_snr(9.0, _EPS), p_independent=0.2, p_prompt=0.2,
     source="arXiv 2512.10858, dvruette/gidd-easydel")
 

@@ -1,7 +1,7 @@
 """Recipes: every opinionated choice of the sweeps, one frozen `Recipe` per preset (RECIPE).
 
 A recipe says *which* runs a study makes and how each trains: FLOP budgets, how many ladder sizes
-per budget around the compute-optimal one, families and interpolating knob values, batch,
+per budget around the compute-optimal one, families and hybrid knob values, batch,
 sequence length, LR (per width), warmup, evaluations, engine settings, vocabulary. Nothing here
 counts FLOPs or builds a RunConfig: FLOP arithmetic is core/flops.py (MECHANICS), picking the
 sizes around f* and building the configs is sweeps/grid.py (MECHANICS). Every value of a preset
@@ -81,7 +81,7 @@ class Grid:
     families: tuple[str, ...]
     """Noise families (trainer.families.registry.FAMILIES), in run order."""
     knobs: tuple[float, ...] = (0.5,)
-    """Interpolating `uniform_share` values (0 = masked noise, 1 = uniform); one run per value."""
+    """Hybrid `uniform_share` values (0 = masked noise, 1 = uniform); one run per value."""
     sizes_per_budget: int = 4
     """Ladder sizes per budget, centred on the compute-optimal FLOPs/token f*: k // 2 below it,
     the rest above (shifted inwards at the ends of the ladder)."""
@@ -141,9 +141,9 @@ class Grid:
                 raise ValueError(f"size {s!r} is not in the ladder; known: {', '.join(LADDER)}")
         for k in self.knobs:
             if not 0.0 <= k <= 1.0:
-                raise ValueError(f"knob (interpolating uniform_share) {k!r} must be in [0, 1]")
+                raise ValueError(f"knob (hybrid uniform_share) {k!r} must be in [0, 1]")
         if not self.knobs:
-            raise ValueError("knobs: at least one interpolating uniform_share value is needed")
+            raise ValueError("knobs: at least one hybrid uniform_share value is needed")
         for name in ("budgets", "families", "knobs", "sizes"):
             values = getattr(self, name)
             if len(set(values)) != len(values):
@@ -245,17 +245,17 @@ SMOKE_SHAPE = dataclasses.replace(   # RECIPE: seconds per run (tests, end-to-en
 
 # RECIPE: tokens per parameter where each family's isoFLOP minimum sat in three real laptop
 # studies and probes at the grid ends (docs/recipe_calibration.md); masked gets 6 sizes and
-# uniform / interpolating 5, so that a flat or noisy bottom has a higher point on each side.
+# uniform / hybrid 5, so that a flat or noisy bottom has a higher point on each side.
 LAPTOP_TOKENS_PER_PARAM = (("autoregressive", 40.0), ("masked", 600.0), ("uniform", 400.0),
-                           ("interpolating", 400.0))
-LAPTOP_SIZES_PER_BUDGET = (("masked", 6), ("uniform", 5), ("interpolating", 5))
+                           ("hybrid", 400.0))
+LAPTOP_SIZES_PER_BUDGET = (("masked", 6), ("uniform", 5), ("hybrid", 5))
 
 LAPTOP = Recipe(
     name="laptop",
     shape=LAPTOP_SHAPE,
     sweeps=(
         # IsoFLOP study: per budget, ladder sizes on both sides of the compute-optimal size, for
-        # every family (and interpolating knob); the budget and size fix the tokens.
+        # every family (and hybrid knob); the budget and size fix the tokens.
         # RECIPE: 4 budgets 4/3 apart from 6e11 (where diffusion leaves the unigram level), sizes
         # centred per family; 1.43e12 at the top keeps it within the hour.
         Sweep(name="compute_bound",
@@ -269,10 +269,10 @@ LAPTOP = Recipe(
               grid=Grid(budgets=(1e12, 2e12, 4e12),
                         families=("autoregressive", "masked", "uniform"),
                         sizes_per_budget=3, pool_tokens=2**17)),
-        # The interpolating family's uniform_share from 0 (masked noise) to 1 (uniform) at fixed
+        # The hybrid family's uniform_share from 0 (masked noise) to 1 (uniform) at fixed
         # sizes and budgets. RECIPE: one budget, 3 sizes.
         Sweep(name="noise_sweep",
-              grid=Grid(budgets=(1.6e12,), families=("interpolating",),
+              grid=Grid(budgets=(1.6e12,), families=("hybrid",),
                         knobs=(0.0, 0.25, 0.5, 0.75, 1.0), sizes_per_budget=3)),
         # Base configs (size x budget x family) of the LR x batch search; the points come from
         # Optuna over `sweeps.search_space("hparams")` (the orchestrator applies them).
@@ -301,7 +301,7 @@ QUICK = LAPTOP.with_sweeps(
           grid=Grid(budgets=(3.2e11, 6.4e11, 1.28e12), families=("autoregressive", "masked"),
                     sizes_per_budget=3, pool_tokens=2**17)),
     Sweep(name="noise_sweep",
-          grid=Grid(budgets=(6.4e11,), families=("interpolating",), knobs=(0.0, 0.5, 1.0),
+          grid=Grid(budgets=(6.4e11,), families=("hybrid",), knobs=(0.0, 0.5, 1.0),
                     sizes_per_budget=2)),
     Sweep(name="hparams",
           grid=Grid(budgets=(3.2e11,), families=("autoregressive", "masked"), sizes_per_budget=2),
@@ -340,7 +340,7 @@ CLUSTER = Recipe(
                         families=("autoregressive", "masked", "uniform"),
                         sizes_per_budget=3, pool_tokens=2**30)),   # RECIPE: 1.07B unique tokens
         Sweep(name="noise_sweep",
-              grid=Grid(budgets=(1e19,), families=("interpolating",),
+              grid=Grid(budgets=(1e19,), families=("hybrid",),
                         knobs=(0.0, 0.25, 0.5, 0.75, 1.0), sizes_per_budget=3)),
         Sweep(name="hparams",
               grid=Grid(budgets=(1e17,), families=("autoregressive", "masked"), sizes_per_budget=2),
@@ -362,11 +362,11 @@ GIDD_SHARES = tuple(round(0.5 * (1 + math.tanh(b / 2)), 6) for b in (-1000.0, -2
 
 VONRUETTE2025_RECIPE = LAPTOP.with_sweeps(
     Sweep(name="compute_bound",
-          grid=Grid(budgets=(4e11, 5.33e11, 7.1e11), families=("autoregressive", "interpolating"),
+          grid=Grid(budgets=(4e11, 5.33e11, 7.1e11), families=("autoregressive", "hybrid"),
                     knobs=GIDD_SHARES, sizes_per_budget=4,
                     tokens_per_param=LAPTOP_TOKENS_PER_PARAM)),
     Sweep(name="noise_sweep",
-          grid=Grid(budgets=(1.6e12,), families=("interpolating",), knobs=GIDD_SHARES,
+          grid=Grid(budgets=(1.6e12,), families=("hybrid",), knobs=GIDD_SHARES,
                     sizes_per_budget=3)),
     name="vonruette2025", definitions=VONRUETTE2025)
 

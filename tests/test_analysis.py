@@ -240,9 +240,9 @@ def test_nan_rows_and_failed_runs_are_dropped_and_counted():
 def test_knob_values_are_separate_groups():
     C = np.logspace(13, 21, 8)
     raw = pd.concat([synthetic.compute_law_table(A=1e4, beta=0.2, B=2.0, C=C,
-                                                 family="interpolating").assign(knob=k)
+                                                 family="hybrid").assign(knob=k)
                      for k in (0.25, 0.75)])
-    assert sorted(_final(raw)["group"].unique()) == ["interpolating@0.25", "interpolating@0.75"]
+    assert sorted(_final(raw)["group"].unique()) == ["hybrid@0.25", "hybrid@0.75"]
 
 
 # ---------------------------------------------------------------------------------------------

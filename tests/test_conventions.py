@@ -33,7 +33,7 @@ def _legacy_params(size: str, family: str, time_cond: str, *, vocab=512, seq_len
 @pytest.mark.parametrize("size,family,time_cond", [
     ("L2-d32", "uniform", "None"),          # the family default then: full-width adaLN
     ("L2-d32", "masked", "None"),
-    ("L4-d128", "interpolating", "False"),
+    ("L4-d128", "interpolating", "False"),   # legacy runs: the hybrid family's name then
     ("L3-d80", "uniform", "True"),
     ("L2-d48", "autoregressive", "None"),
 ])

@@ -24,13 +24,13 @@ def test_gidd_shares_are_sigmoid_of_the_papers_mixing_shifts():
 
 def test_vonruette2025_runs_train_as_gidd_easydel():
     runs = sweeps.expand("compute_bound", preset="vonruette2025")
-    assert {r.noise.family for r in runs} == {"autoregressive", "interpolating"}
-    assert {r.noise.uniform_share for r in runs if r.noise.family == "interpolating"} == set(GIDD_SHARES)
+    assert {r.noise.family for r in runs} == {"autoregressive", "hybrid"}
+    assert {r.noise.uniform_share for r in runs if r.noise.family == "hybrid"} == set(GIDD_SHARES)
     for r in runs:
         assert r.train.flop_convention == "vonruette2025"
         p = plan(r, r.data.vocab_size)
         assert p.n_time_cond == 0 and p.model_cfg.time_cond == "none"
-        if r.noise.family == "interpolating":
+        if r.noise.family == "hybrid":
             assert r.noise.resolved_train_loss() == "gidd"
             assert r.noise.t_min == pytest.approx(t_min_for_log_snr(9.0, r.noise.eps))
             assert (r.noise.p_independent, r.noise.p_prompt) == (0.2, 0.2)

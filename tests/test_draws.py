@@ -55,7 +55,7 @@ def test_nucleus_keeps_the_smallest_set_reaching_top_p():
     assert torch.allclose(nucleus(p, 1.0), p)
 
 
-@pytest.mark.parametrize("family", ["masked", "uniform", "interpolating", "autoregressive"])
+@pytest.mark.parametrize("family", ["masked", "uniform", "hybrid", "autoregressive"])
 def test_top_p_truncates_every_familys_draws(family):
     # at top_p 1e-6 every draw is the most likely token of its row, so sampling is deterministic:
     # two seeds give the same tokens; without truncation they differ

@@ -87,7 +87,7 @@ def test_a_registered_toy_family_flows_through_configs_sweeps_tags_and_table(toy
     # config validation: the knob's range is the spec's, with the same message as before
     with pytest.raises(ValueError, match=re.escape("noise.uniform_share must be in [0, 0.5], got 0.7")):
         NoiseConfig(family="toy", uniform_share=0.7)
-    assert NoiseConfig(family="masked", uniform_share=0.7).knob() is None   # interpolating's range
+    assert NoiseConfig(family="masked", uniform_share=0.7).knob() is None   # hybrid's range
     with pytest.raises(ValueError, match=re.escape("noise.uniform_share must be in [0, 1], got 1.5")):
         NoiseConfig(family="masked", uniform_share=1.5)
     assert NoiseConfig(family="toy", uniform_share=0.2).knob() == 0.2
@@ -101,7 +101,7 @@ def test_a_registered_toy_family_flows_through_configs_sweeps_tags_and_table(toy
     by_family = {f: [r for r in runs if r.noise.family == f] for f in ("toy", "masked")}
     assert sorted({r.noise.uniform_share for r in by_family["toy"]}) == [0.1, 0.4]
     assert len(by_family["toy"]) == 2 * len(by_family["masked"]) > 0
-    with pytest.raises(ValueError, match="interpolating, toy"):
+    with pytest.raises(ValueError, match="hybrid, toy"):
         sweeps.expand("smoke", families=("masked",), knobs=(0.1,))
 
     # the trial tags and the dry-run table read the knob through the spec

@@ -14,8 +14,8 @@ from trainer.families.base import NoisyBatch, stratified_t
 from trainer.families.registry import FAMILIES, NoiseConfig, build_family
 
 V = 6
-DIFFUSION = [("masked", {}), ("uniform", {}), ("interpolating", {"uniform_share": 0.3}),
-             ("interpolating", {"uniform_share": 0.7})]
+DIFFUSION = [("masked", {}), ("uniform", {}), ("hybrid", {"uniform_share": 0.3}),
+             ("hybrid", {"uniform_share": 0.7})]
 
 
 @pytest.fixture(scope="module")
@@ -103,9 +103,9 @@ def test_perfect_predictor_has_zero_nelbo(name, kw):
 
 
 @pytest.mark.parametrize("share,other", [(0.0, "masked"), (1.0, "uniform")])
-def test_interpolating_ends_reproduce_masked_and_uniform(share, other):
+def test_hybrid_ends_reproduce_masked_and_uniform(share, other):
     g = torch.Generator().manual_seed(2)
-    hyb = build_family(NoiseConfig(family="interpolating", uniform_share=share), V)
+    hyb = build_family(NoiseConfig(family="hybrid", uniform_share=share), V)
     ref = build_family(NoiseConfig(family=other), V)
     x = torch.randint(0, V, (256, 16), generator=g)
     t = torch.rand(256, generator=g).clamp_min(1e-3)
@@ -187,8 +187,8 @@ def test_every_registered_family_builds_and_trains_a_step():
 
 
 @pytest.mark.parametrize("share", [0.0, 0.5, 1.0])
-def test_interpolating_gradients_finite_at_and_between_ends(share):
-    fam = build_family(NoiseConfig(family="interpolating", uniform_share=share), V)
+def test_hybrid_gradients_finite_at_and_between_ends(share):
+    fam = build_family(NoiseConfig(family="hybrid", uniform_share=share), V)
     g = torch.Generator().manual_seed(8)
     batch = fam.prepare(torch.randint(0, V, (16, 33), generator=g), g)
     logits = torch.randn(16, 32, V, requires_grad=True)
@@ -200,11 +200,11 @@ def test_training_loss_options():
     with pytest.raises(ValueError, match="train_loss"):
         NoiseConfig(family="uniform", train_loss="ce")
     with pytest.raises(ValueError, match="train_loss"):
-        NoiseConfig(family="interpolating", train_loss="ce")
+        NoiseConfig(family="hybrid", train_loss="ce")
     with pytest.raises(ValueError, match="noise.family"):
         NoiseConfig(family="gaussian")
     with pytest.raises(ValueError, match="uniform_share"):
-        NoiseConfig(family="interpolating", uniform_share=1.5)
+        NoiseConfig(family="hybrid", uniform_share=1.5)
     assert NoiseConfig(family="masked").resolved_train_loss() == "ce"
     assert NoiseConfig(family="uniform").resolved_train_loss() == "gidd"      # issue 13: was "elbo"
     # CE on masked positions only: with the masked ELBO weight 1/t removed it is the NLL there,
@@ -224,7 +224,7 @@ def test_training_loss_options():
 
 def test_fused_log_qhat_matches_autograd_and_survives_a_zero_prior():
     """trainer/families/qhat.py's closed-form backward equals autograd through the plain formula, and a
-    zero prior mass (interpolating at uniform_share 0) with an underflowed x̂ stays finite."""
+    zero prior mass (hybrid at uniform_share 0) with an underflowed x̂ stays finite."""
     from trainer.families.qhat import log_qhat_stats
     g = torch.Generator().manual_seed(3)
     B, T, V = 3, 5, 11
@@ -243,7 +243,7 @@ def test_fused_log_qhat_matches_autograd_and_survives_a_zero_prior():
     logits = torch.zeros(2, 4, V)
     logits[..., 0] = 200.0                                         # x̂ of every other token underflows
     logits.requires_grad_(True)
-    fam = build_family(NoiseConfig(family="interpolating", uniform_share=0.0), V)
+    fam = build_family(NoiseConfig(family="hybrid", uniform_share=0.0), V)
     batch = fam.prepare(torch.randint(0, V, (2, 5), generator=g), g)
     loss = fam.loss(logits, batch)
     loss.backward()

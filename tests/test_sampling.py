@@ -24,7 +24,7 @@ from trainer.families.registry import FAMILIES, NoiseConfig, build_family
 from trainer.job.objective import batch_loss, evaluate
 from trainer.sampling.samplers import PosteriorAncestral, Sampler, generate
 
-DIFFUSION = ["masked", "uniform", "interpolating"]
+DIFFUSION = ["masked", "uniform", "hybrid"]
 V, T = 8, 32                       # synthetic vocabulary (tokens) and sequence length (tokens)
 
 
@@ -130,13 +130,13 @@ def train_on_chain(family_name: str, cap: int, margin: float | None = None, ever
 
 # Why train to a loss, not a step count: at lr 1e-2 the loss spikes now and then, and the float
 # rounding of one CPU's kernels vs another's decides where a fixed step count lands. 600 steps gave
-# interpolating bigram TV (64 sampling steps) 0.110 on an AVX-512 machine, 0.214 on an AVX2 one
+# hybrid bigram TV (64 sampling steps) 0.110 on an AVX-512 machine, 0.214 on an AVX2 one
 # (bound 0.2). A model that has reached a stated held-out NELBO has learnt the chain to a stated
 # degree on any machine.
 # Measured on the AVX2 machine (1 thread; training seeds s = 0..4: model seed s, data seed
 # 1 + 1000 s; the test runs s = 0 with data seed 1): bigram TV at 64 steps when the gap to the floor
 # first reaches the margin, checking every 25 steps:
-#   interpolating, +0.15, cap 1200: 0.128 0.120 0.135 0.097 0.114 (mean 0.119, max 0.135) after
+#   hybrid, +0.15, cap 1200: 0.128 0.120 0.135 0.097 0.114 (mean 0.119, max 0.135) after
 #       600 600 425 600 700 steps. At a fixed 600 steps the same seeds gave up to 0.180 (seed 4
 #       sat on a spike, gap +0.293; it reached +0.15 at step 700 with TV 0.114).
 #   masked, +0.07, cap 800 (seeds 0..2): 0.069 0.062 0.075 (max 0.075) after 350 725 500 steps.
@@ -153,18 +153,18 @@ def train_on_chain(family_name: str, cap: int, margin: float | None = None, ever
 #       at step 600, TV 0.169); clipping speeds it up (seed 0: +0.15 at 350 steps, not 500). The
 #       cap is 900 since the slowest of the ten seeds took 675 steps; +0.12 would cost 475-850
 #       steps for TV 0.071-0.096, over the CPU time this test has (~25-30 CPU-s).
-# Bounds: max TV at 64 steps is kept (0.1 masked, 0.2 interpolating and uniform): 3.8, 4.5 and 5.4
-# standard deviations of the seed spread (SD 0.0065 masked, 0.0145 interpolating, 0.015 uniform)
+# Bounds: max TV at 64 steps is kept (0.1 masked, 0.2 hybrid and uniform): 3.8, 4.5 and 5.4
+# standard deviations of the seed spread (SD 0.0065 masked, 0.0145 hybrid, 0.015 uniform)
 # above the worst seed.
 # At 1 step every position is drawn independently (the unigram): TV 0.510-0.551 in all of them.
-# 256 true chains of this length give TV 0.017 (the finite-sample floor). The uniform/interpolating
+# 256 true chains of this length give TV 0.017 (the finite-sample floor). The uniform/hybrid
 # reverse step that averaged exact posteriors over x̂ (the first version of trainer/sampling/samplers.py)
 # gave 0.297 and 0.250 on 600-step models: the 0.2 bound separates the two; the oracle tests below
 # pin the sampler exactly.
 # family -> (NELBO margin over the floor, step cap, max TV at 64 steps, min TV at 1 step,
 #            min ratio 1 step / 64 steps)
 CHAIN_BOUNDS = {"masked": (0.07, 800, 0.1, 0.3, 3.0), "uniform": (0.15, 900, 0.2, 0.4, 2.5),
-                "interpolating": (0.15, 1200, 0.2, 0.4, 2.5)}
+                "hybrid": (0.15, 1200, 0.2, 0.4, 2.5)}
 CHAIN_RECIPES = {"uniform": Recipe(lr=5e-3, warmup=50, clip=1.0)}     # the others: Recipe()
 
 

@@ -37,7 +37,7 @@ def _plans(name: str, preset: str):
 
 
 def _knob(cfg):
-    return cfg.noise.uniform_share if cfg.noise.family == "interpolating" else None
+    return cfg.noise.uniform_share if cfg.noise.family == "hybrid" else None
 
 
 def _row(cfg, p) -> dict:
@@ -115,8 +115,8 @@ def test_isoflop_curves_bracket_the_compute_optimal_size(preset):
             assert below >= 2 and above >= 2, (budget, family, f_star, fpt)
     if preset in ("laptop", "cluster"):
         assert len(budgets) >= 4
-        assert families == {"autoregressive", "masked", "uniform", "interpolating"}
-        assert {k for _, f, k in curves if f == "interpolating"} >= {0.5}
+        assert families == {"autoregressive", "masked", "uniform", "hybrid"}
+        assert {k for _, f, k in curves if f == "hybrid"} >= {0.5}
     if preset == "cluster":
         assert min(budgets) >= 1e17 and max(budgets) >= 1e20
     if preset == "quick":
@@ -187,8 +187,8 @@ def test_expansion_is_deterministic_and_ordered():
     assert budgets == sorted(budgets)                     # budget -> family -> knob -> size
     first = [r for r in runs if r.train.budget_flops == budgets[0]]
     order = [f for i, f in enumerate(r.noise.family for r in first) if i == 0 or first[i - 1].noise.family != f]
-    assert order == ["autoregressive", "masked", "uniform", "interpolating"]   # each family contiguous
-    # sizes per budget: the recipe's per-family widths (masked 6, uniform / interpolating 5, AR 4)
+    assert order == ["autoregressive", "masked", "uniform", "hybrid"]   # each family contiguous
+    # sizes per budget: the recipe's per-family widths (masked 6, uniform / hybrid 5, AR 4)
     assert [sum(r.noise.family == f for r in first) for f in order] == [4, 6, 5, 5]
 
 
@@ -210,7 +210,7 @@ def test_data_bound_repeats_a_fixed_pool_with_growing_models():
 
 def test_noise_sweep_spans_masked_to_uniform():
     runs = sweeps.expand("noise_sweep")
-    assert {r.noise.family for r in runs} == {"interpolating"}
+    assert {r.noise.family for r in runs} == {"hybrid"}
     knobs = sorted({r.noise.uniform_share for r in runs})
     assert knobs[0] == 0.0 and knobs[-1] == 1.0 and len(knobs) >= 5
     cells = {(r.size, r.train.budget_flops) for r in runs}
@@ -239,7 +239,7 @@ def test_hparams_search_space():
     ({"name": "compute_bound", "preset": "supercomputer"}, "supercomputer"),
     ({"name": "compute_bound", "families": ["masked", "gaussian"]}, "gaussian"),
     ({"name": "compute_bound", "sizes": ["L2-d64", "L99-d9"]}, "L99-d9"),
-    ({"name": "smoke", "knobs": [0.5]}, "interpolating"),          # no family has a knob
+    ({"name": "smoke", "knobs": [0.5]}, "hybrid"),          # no family has a knob
     ({"name": "noise_sweep", "knobs": [1.5]}, "1.5"),
     ({"name": "compute_bound", "budgets": [-1.0]}, "-1.0"),
     ({"name": "smoke", "overrides": ["train.no_such_field=1"]}, "no_such_field"),
@@ -254,7 +254,7 @@ def test_bad_input_raises_naming_it(kwargs, needle):
 
 def test_selection_and_overrides_apply():
     runs = sweeps.expand("compute_bound", sizes=["L2-d64", "L2-d32"], budgets=[2e12],
-                         families=["interpolating"], knobs=[0.25, 0.75])
+                         families=["hybrid"], knobs=[0.25, 0.75])
     assert [(r.size, r.noise.uniform_share) for r in runs] == [
         ("L2-d32", 0.25), ("L2-d64", 0.25), ("L2-d32", 0.75), ("L2-d64", 0.75)]
     assert {r.train.budget_flops for r in runs} == {2e12}

@@ -62,8 +62,8 @@ def _gidd_reference(fam, logits, batch, share):
     return (w.clamp(0, GIDD_WEIGHT_CLIP) * (kl + is_div)).mean()
 
 
-@pytest.mark.parametrize("name,share", [("uniform", 1.0), ("interpolating", 0.3),
-                                        ("interpolating", 0.8), ("masked", 0.0)])
+@pytest.mark.parametrize("name,share", [("uniform", 1.0), ("hybrid", 0.3),
+                                        ("hybrid", 0.8), ("masked", 0.0)])
 def test_gidd_loss_equals_gidd_easydel_formula(name, share):
     fam = build_family(NoiseConfig(family=name, uniform_share=share, train_loss="gidd"), V)
     batch, logits = _batch(fam, seed=1)
@@ -109,7 +109,7 @@ def test_t_floor_is_training_only():
 
 
 def test_independent_per_token_noise():
-    fam = build_family(NoiseConfig(family="interpolating", p_independent=0.5), V)
+    fam = build_family(NoiseConfig(family="hybrid", p_independent=0.5), V)
     window = torch.randint(0, V, (400, 17), generator=torch.Generator().manual_seed(3))
     batch = fam.prepare(window, torch.Generator().manual_seed(4))
     assert batch.t.shape == (400, 16)

@@ -1,7 +1,7 @@
 """The noise-family interface: forward corruption, per-token NELBO and training loss.
 
 One subclass of `NoiseFamily` per family, each in its own file (masked.py, uniform.py,
-interpolating.py, autoregressive.py), each registered by one line in registry.py, which holds its
+hybrid.py, autoregressive.py), each registered by one line in registry.py, which holds its
 torch-free facts (`FamilySpec`: attention mask, mask token, time-conditioning default, losses,
 knob). The class holds the mechanics and declares its sampler (trainer/sampling/samplers.py).
 
@@ -14,7 +14,7 @@ differ only in the prior π_t over the state space (V real tokens, plus one mask
 
     masked         π_t = mask                                   (absorbing state, MDLM)
     uniform        π_t = uniform over the V real tokens         (UDLM / Duo)
-    interpolating  π_t = σ_t · uniform + (1 − σ_t) · mask,  σ_t = sigmoid(λ_t + b),  b = logit(p_u)
+    hybrid         π_t = σ_t · uniform + (1 − σ_t) · mask,  σ_t = sigmoid(λ_t + b),  b = logit(p_u)
 
 where λ_t = log(α_t / β_t) is the log-SNR and b the log-SNR mixing shift swept in 2512.10858;
 p_u = `uniform_share` is the uniform fraction of the noise at λ = 0. p_u = 0 gives masked, p_u = 1

@@ -1,4 +1,4 @@
-"""The (B, T, V) part of the uniform and interpolating NELBO as one autograd Function.
+"""The (B, T, V) part of the uniform and hybrid NELBO as one autograd Function.
 
 Both families need, per position, three reductions of log q̂ over the V real tokens, where
 q̂_v = a·x̂_v + b is the prediction pushed through the forward marginal (x̂ = softmax(scores),
@@ -28,7 +28,7 @@ class _LogQhatStats(torch.autograd.Function):
     def forward(ctx, scores: Tensor, a: Tensor, b: Tensor, x: Tensor, z: Tensor):
         p = torch.softmax(scores, dim=-1)                                    # (..., V)
         qhat = (p * a[..., None]).add_(b[..., None])                         # (..., V)
-        # b = 0 (interpolating at uniform_share 0) with an underflowed x̂_v would give log 0 and
+        # b = 0 (hybrid at uniform_share 0) with an underflowed x̂_v would give log 0 and
         # 0·inf = NaN downstream; the floor keeps those entries finite (they carry weight b = 0).
         qhat.clamp_min_(torch.finfo(qhat.dtype).tiny)
         inv = qhat.reciprocal()

@@ -99,7 +99,7 @@ class FamilySpec:
 #  - uniform "adaln" (cond_dim 128): Duo in 2602.15014 (configs/algo/duo_base.yaml
 #    time_conditioning: True, asserted by trainer_base.UniformState; configs/model/*.yaml
 #    cond_dim: 128; models/dit.py TimestepEmbedder + adaLN_modulation = Linear(cond_dim, 6·dim)).
-#  - interpolating "none": GIDD in 2512.10858 (erfanzar/EasyDeL easydel/modules/gidd/
+#  - hybrid "none": GIDD in 2512.10858 (erfanzar/EasyDeL easydel/modules/gidd/
 #    modeling_gidd.py GiddModel.__call__ takes log_snr and never uses it; gidd-easydel's PyTorch
 #    port gidd_easydel/model/modeling_gidd_hf.py has no time input at all).
 FAMILIES: dict[str, FamilySpec] = {spec.name: spec for spec in (
@@ -111,7 +111,7 @@ FAMILIES: dict[str, FamilySpec] = {spec.name: spec for spec in (
                train_losses=("elbo", "ce", "gidd"), default_train_loss="ce"),
     FamilySpec(name="uniform", impl="trainer.families.uniform:Uniform", time_cond_default="adaln",
                train_losses=("elbo", "gidd"), default_train_loss="gidd"),
-    FamilySpec(name="interpolating", impl="trainer.families.interpolating:Interpolating",
+    FamilySpec(name="hybrid", impl="trainer.families.hybrid:Hybrid",
                uses_mask_token=True, time_cond_default="none",
                train_losses=("elbo", "gidd"), default_train_loss="gidd",
                knob=Knob(field="uniform_share", lo=0.0, hi=1.0,
@@ -126,7 +126,7 @@ class NoiseConfig:
     eps: float = 1e-3
     """Schedule floor: α_1 = eps (log-linear α_t = 1 − (1 − eps)·t). Bias of the NELBO is O(eps)."""
     uniform_share: float = 0.5
-    """Interpolating knob p_u ∈ [0, 1]: uniform share of the noise at log-SNR 0 (0 = masked, 1 = uniform)."""
+    """Hybrid knob p_u ∈ [0, 1]: uniform share of the noise at log-SNR 0 (0 = masked, 1 = uniform)."""
     train_loss: str = "auto"
     """The training loss (validation is always the exact NELBO, trainer/job/objective.evaluate):
     'elbo'  the NELBO integrand itself, per position (what validation estimates);
@@ -166,7 +166,7 @@ class NoiseConfig:
         self._check_knobs()
         allowed = FAMILIES[self.family].train_losses
         if self.train_loss != "auto" and self.train_loss not in allowed:
-            why = ("; cross-entropy of x given z_t double-counts z_t under the uniform/interpolating "
+            why = ("; cross-entropy of x given z_t double-counts z_t under the uniform/hybrid "
                    "parameterisation (see STACK.md)") if self.train_loss == "ce" else ""
             raise ValueError(f"noise.train_loss={self.train_loss!r} is not supported by family "
                              f"{self.family!r} (supported: {allowed}){why}")

@@ -8,11 +8,11 @@ own (`NoiseFamily.sampler`, trainer/families/<name>.py), so callers never branch
   with probability (α_s − α_t) / (1 − α_t) to x ~ p_θ(x | z_t); at s = 0 that probability is 1,
   so no mask survives. Caching: an unconditioned model's output depends on z_t only, so when a
   step changes no position the previous logits are reused (nfe <= steps).
-- uniform, interpolating: ancestral sampling from the exact reverse posterior marginalised over the
+- uniform, hybrid: ancestral sampling from the exact reverse posterior marginalised over the
   model's prediction (GIDD, von Rütte et al. 2025; UDLM, Schiff et al.), K model calls.
 - autoregressive: temperature sampling, one position at a time through the model's KV cache.
 
-Reverse posterior used for uniform and interpolating noise (all of trainer/families/base.py's diffusion
+Reverse posterior used for uniform and hybrid noise (all of trainer/families/base.py's diffusion
 families share the form q_t(z | x) = α_t δ(z = x) + β_t π_t(z), β = 1 − α). Its transition from
 s < t is
 
@@ -66,7 +66,7 @@ if TYPE_CHECKING:     # the families import their samplers from here
 
 VERSION = 3
 """Bump when a sampler's output distribution changes: the sampling stage re-samples runs sampled
-by an older version (2: uniform / interpolating use the model's mean-parameterised reverse step;
+by an older version (2: uniform / hybrid use the model's mean-parameterised reverse step;
 3: float64 CDFs, so the same seed draws other tokens)."""
 
 

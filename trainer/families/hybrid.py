@@ -15,7 +15,7 @@ from trainer.families.qhat import log_qhat_stats
 from trainer.sampling.samplers import PosteriorAncestral
 
 
-class Interpolating(NoiseFamily):
+class Hybrid(NoiseFamily):
     """GIDD hybrid noise: π_t = σ_t·uniform + (1 − σ_t)·mask, σ_t = sigmoid(log-SNR + logit(p_u))."""
     normalizes = True
     sampler = PosteriorAncestral()
