@@ -45,8 +45,8 @@ SAMPLING_COLUMNS: dict[str, str] = {
     "source_run": f"MLflow id of the trained run it sampled ({M.TAG_SOURCE_RUN})",
     "run_id": f"{M.TAG_RUN_ID}: the trained run's config hash",
     "family": "noise family",
-    "knob": "hybrid uniform_share as float; NaN for other families",
-    "group": "schema.group_label(family, knob): 'masked', 'hybrid@0.5', ...",
+    "knob": "the family's knob as float (hybrid: mixing shift b); NaN for families without one",
+    "group": "schema.group_label(family, knob): 'masked', 'hybrid@-2', ...",
     "size": "ladder name of the trained model",
     "budget": "training budget, FLOPs",
     "sampler": f"sampler name with its non-default draw settings ({M.TAG_SAMPLER}, "

@@ -20,8 +20,12 @@ Layout of a study in the tracking store
 
 Trial tags
     ``dlm.family``       noise family: "masked", "uniform", "hybrid", "autoregressive".
-    ``dlm.knob``         float as str: the family's knob (hybrid: ``uniform_share`` in
-                         [0, 1]); "" for families without one.
+    ``dlm.knob``         float as str: the family's knob (hybrid: ``mixing_shift`` b in
+                         [−1000, 1000]); "" for families without one. Runs logged before the
+                         rename to hybrid have family "interpolating" and its knob p_u there.
+    ``dlm.knob_label``   the knob as text, with its derived value (NoiseConfig.knob_label():
+                         hybrid "b=-2 p_u=0.119", p_u = sigmoid(b) the uniform share of the
+                         noise at log-SNR 0); "" for families without one.
     ``dlm.size``         name of the model on the size ladder.
     ``dlm.budget_flops`` float as str: the job's training-compute budget in FLOPs.
     ``dlm.sweep``        sweep name.
@@ -69,9 +73,9 @@ The sampling stage (in the study's own experiment)
     One run tagged ``dlm.role=sampling_parent`` per invocation (``dlm.judge_run_id``,
     ``dlm.judge``); under it one run per trained run, ``dlm.role=sampling``, tagged
     ``dlm.source_run`` (MLflow id of the trained run), the trained run's ``dlm.run_id``,
-    ``dlm.family``, ``dlm.knob``, ``dlm.size``, ``dlm.budget_flops``, and ``dlm.sampler``,
-    ``dlm.judge_run_id``, ``dlm.judge`` (text), ``dlm.val_nelbo`` (the trained run's final
-    validation NELBO), ``dlm.ref_entropy`` (mean per-sequence unigram entropy of real validation
+    ``dlm.family``, ``dlm.knob``, ``dlm.knob_label``, ``dlm.size``, ``dlm.budget_flops``, and
+    ``dlm.sampler``, ``dlm.judge_run_id``, ``dlm.judge`` (text), ``dlm.val_nelbo`` (the trained
+    run's final validation NELBO), ``dlm.ref_entropy`` (mean per-sequence unigram entropy of real validation
     windows of the same length, nats) and ``dlm.sampling_key`` (hash of the settings: a re-run
     skips what it has). Params ``seed``, ``n_samples``, ``seq_len``, ``temperature``. Metrics at
     ``step`` = the sampler's denoising steps (autoregressive: seq_len): ``tokens_per_s``,
@@ -120,6 +124,7 @@ STATUS_FINISHED = "FINISHED"                       # MLflow run status of a comp
 # --- trial tags -----------------------------------------------------------------------------------
 TAG_FAMILY = "dlm.family"
 TAG_KNOB = "dlm.knob"
+TAG_KNOB_LABEL = "dlm.knob_label"
 TAG_SIZE = "dlm.size"
 TAG_BUDGET = "dlm.budget_flops"
 TAG_SWEEP = "dlm.sweep"

@@ -67,13 +67,13 @@ def makespan(seconds: list[float], slots: int) -> float:
 
 
 def table(rows: list[Row], slots: int) -> str:
-    head = f"{'#':>3} {'family':<14} {'knob':>5} {'size':<9} {'N':>10} {'D':>10} {'C':>9} {'steps':>6} {'tok/s':>7} {'est s':>7}"
+    head = f"{'#':>3} {'family':<14} {'knob':<16} {'size':<9} {'N':>10} {'D':>10} {'C':>9} {'steps':>6} {'tok/s':>7} {'est s':>7}"
     lines = [head, "-" * len(head)]
     for i, r in enumerate(rows, 1):
         c = r.cfg
-        knob = "" if c.noise.knob() is None else f"{c.noise.knob():.2f}"
         tokens = r.plan.steps * c.train.batch_size * c.train.seq_len
-        lines.append(f"{i:>3} {c.noise.family:<14} {knob:>5} {c.size:<9} {r.plan.n_backbone:>10,} "
+        lines.append(f"{i:>3} {c.noise.family:<14} {c.noise.knob_label():<16} {c.size:<9} "
+                     f"{r.plan.n_backbone:>10,} "
                      f"{tokens:>10.3g} {r.plan.steps * r.plan.flops_per_step:>9.2e} {r.plan.steps:>6} "
                      f"{r.tokens_per_s:>7,.0f} {r.seconds:>7.0f}")
     total = sum(r.seconds for r in rows)

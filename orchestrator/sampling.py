@@ -107,7 +107,8 @@ def _already(client: MlflowClient, exp_id: str) -> set[tuple[str, str]]:
 
 def log_result(client, exp_id, parent, src, judge, judge_text, key, res, job, ref_h) -> str:
     t = src.data.tags
-    copied = (M.TAG_RUN_ID, M.TAG_FAMILY, M.TAG_KNOB, M.TAG_SIZE, M.TAG_BUDGET)  # the trained run's
+    copied = (M.TAG_RUN_ID, M.TAG_FAMILY, M.TAG_KNOB, M.TAG_KNOB_LABEL, M.TAG_SIZE,
+              M.TAG_BUDGET)                                                  # the trained run's
     run = client.create_run(exp_id, run_name=f"sample-{t.get(M.TAG_FAMILY)}-{t.get(M.TAG_SIZE)}", tags={
         M.TAG_ROLE: M.ROLE_SAMPLING, M.TAG_PARENT: parent, M.TAG_SOURCE_RUN: src.info.run_id,
         **{k: t.get(k, "") for k in copied}, M.TAG_SAMPLER: res["sampler"],

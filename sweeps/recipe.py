@@ -80,8 +80,10 @@ class Grid:
     """Training FLOP budgets (under the recipe's Definitions.flop_convention), in run order."""
     families: tuple[str, ...]
     """Noise families (trainer.families.registry.FAMILIES), in run order."""
-    knobs: tuple[float, ...] = (0.5,)
-    """Hybrid `uniform_share` values (0 = masked noise, 1 = uniform); one run per value."""
+    knobs: tuple[float, ...] = (0.0,)
+    """Values of the knob (FamilySpec.knob) of each family that has one, one run per value: the
+    hybrid family's mixing shift b (−1000 = masked noise, 0 = half uniform at log-SNR 0, 1000 =
+    uniform)."""
     sizes_per_budget: int = 4
     """Ladder sizes per budget, centred on the compute-optimal FLOPs/token f*: k // 2 below it,
     the rest above (shifted inwards at the ends of the ladder)."""
@@ -139,11 +141,16 @@ class Grid:
         for s in self.sizes:
             if s not in LADDER:
                 raise ValueError(f"size {s!r} is not in the ladder; known: {', '.join(LADDER)}")
+        # each value against the range of every knob it sets (of any family's, if none here has one)
+        ranges = ([FAMILIES[f].knob for f in self.families if FAMILIES[f].knob]
+                  or [spec.knob for spec in FAMILIES.values() if spec.knob])
         for k in self.knobs:
-            if not 0.0 <= k <= 1.0:
-                raise ValueError(f"knob (hybrid uniform_share) {k!r} must be in [0, 1]")
+            for r in ranges:
+                if not r.accepts(k):
+                    raise ValueError(f"knobs: {k!r} is outside noise.{r.field}'s range "
+                                     f"[{r.lo:g}, {r.hi:g}]")
         if not self.knobs:
-            raise ValueError("knobs: at least one hybrid uniform_share value is needed")
+            raise ValueError("knobs: at least one knob value is needed")
         for name in ("budgets", "families", "knobs", "sizes"):
             values = getattr(self, name)
             if len(set(values)) != len(values):
@@ -243,6 +250,10 @@ LAPTOP_SHAPE = Shape(
 SMOKE_SHAPE = dataclasses.replace(   # RECIPE: seconds per run (tests, end-to-end checks)
     LAPTOP_SHAPE, seq_len=64, evals=4, eval_seqs=16, eval_t_repeats=1, min_steps=30)
 
+# 2512.10858's five noise types: mixing shift b in {-1000, -2, 0, 2, 1000}, i.e. uniform shares
+# sigmoid(b) = 0, 0.119, 0.5, 0.881, 1 at log-SNR 0 (b = -1000 is masked noise, 1000 uniform, exactly).
+GIDD_SHIFTS = (-1000.0, -2.0, 0.0, 2.0, 1000.0)
+
 # RECIPE: tokens per parameter where each family's isoFLOP minimum sat in three real laptop
 # studies and probes at the grid ends (docs/recipe_calibration.md); masked gets 6 sizes and
 # uniform / hybrid 5, so that a flat or noisy bottom has a higher point on each side.
@@ -259,7 +270,7 @@ LAPTOP = Recipe(
         # RECIPE: 4 budgets 4/3 apart from 6e11 (where diffusion leaves the unigram level), sizes
         # centred per family; 1.43e12 at the top keeps it within the hour.
         Sweep(name="compute_bound",
-              grid=Grid(budgets=(6e11, 8e11, 1.07e12, 1.43e12), families=ALL_FAMILIES, knobs=(0.5,),
+              grid=Grid(budgets=(6e11, 8e11, 1.07e12, 1.43e12), families=ALL_FAMILIES, knobs=(0.0,),
                         sizes_per_budget=4, family_sizes_per_budget=LAPTOP_SIZES_PER_BUDGET,
                         tokens_per_param=LAPTOP_TOKENS_PER_PARAM)),
         # Token-bound regime (2512.10858): a fixed pool of unique tokens (train.data_pool_tokens),
@@ -269,11 +280,11 @@ LAPTOP = Recipe(
               grid=Grid(budgets=(1e12, 2e12, 4e12),
                         families=("autoregressive", "masked", "uniform"),
                         sizes_per_budget=3, pool_tokens=2**17)),
-        # The hybrid family's uniform_share from 0 (masked noise) to 1 (uniform) at fixed
-        # sizes and budgets. RECIPE: one budget, 3 sizes.
+        # The hybrid family's mixing shift b from masked noise (-1000) to uniform (1000) at fixed
+        # sizes and budgets. RECIPE: one budget, 3 sizes, 2512.10858's five noise types.
         Sweep(name="noise_sweep",
-              grid=Grid(budgets=(1.6e12,), families=("hybrid",),
-                        knobs=(0.0, 0.25, 0.5, 0.75, 1.0), sizes_per_budget=3)),
+              grid=Grid(budgets=(1.6e12,), families=("hybrid",), knobs=GIDD_SHIFTS,
+                        sizes_per_budget=3)),
         # Base configs (size x budget x family) of the LR x batch search; the points come from
         # Optuna over `sweeps.search_space("hparams")` (the orchestrator applies them).
         Sweep(name="hparams",
@@ -301,8 +312,8 @@ QUICK = LAPTOP.with_sweeps(
           grid=Grid(budgets=(3.2e11, 6.4e11, 1.28e12), families=("autoregressive", "masked"),
                     sizes_per_budget=3, pool_tokens=2**17)),
     Sweep(name="noise_sweep",
-          grid=Grid(budgets=(6.4e11,), families=("hybrid",), knobs=(0.0, 0.5, 1.0),
-                    sizes_per_budget=2)),
+          grid=Grid(budgets=(6.4e11,), families=("hybrid",),
+                    knobs=(-1000.0, 0.0, 1000.0), sizes_per_budget=2)),   # masked, p_u 0.5, uniform
     Sweep(name="hparams",
           grid=Grid(budgets=(3.2e11,), families=("autoregressive", "masked"), sizes_per_budget=2),
           search=Search(lr=(1e-3, 3e-2), batch_sizes=(4, 8, 16), num_samples=4)),
@@ -334,14 +345,14 @@ CLUSTER = Recipe(
         # FLOPs/token, L6-d256 .. L36-d2560 at vocab 32768, T 1024.
         Sweep(name="compute_bound",
               grid=Grid(budgets=(1e17, 1e18, 1e19, 1e20), families=ALL_FAMILIES,
-                        knobs=(0.5,), sizes_per_budget=5)),
+                        knobs=(0.0,), sizes_per_budget=5)),
         Sweep(name="data_bound",
               grid=Grid(budgets=(1e18, 1e19, 1e20),
                         families=("autoregressive", "masked", "uniform"),
                         sizes_per_budget=3, pool_tokens=2**30)),   # RECIPE: 1.07B unique tokens
         Sweep(name="noise_sweep",
-              grid=Grid(budgets=(1e19,), families=("hybrid",),
-                        knobs=(0.0, 0.25, 0.5, 0.75, 1.0), sizes_per_budget=3)),
+              grid=Grid(budgets=(1e19,), families=("hybrid",), knobs=GIDD_SHIFTS,
+                        sizes_per_budget=3)),
         Sweep(name="hparams",
               grid=Grid(budgets=(1e17,), families=("autoregressive", "masked"), sizes_per_budget=2),
               search=Search(lr=(1e-4, 1e-2), batch_sizes=(64, 128, 256, 512), num_samples=24)),
@@ -356,19 +367,12 @@ CLUSTER = Recipe(
 # RECIPE: vonruette2025's 5 noise types x 3 budgets from 4e11 and sahoo2026's 3 families x LAPTOP's
 # budgets stay within LAPTOP's hour (tests/test_sweeps.py estimates them like LAPTOP).
 # ------------------------------------------------------------------------------------------------
-# 2512.10858's five noise types: mixing shift b in {-1000, -2, 0, 2, 1000}, uniform share
-# sigmoid(b) (rounded to 6 digits; sigmoid(-1000) is 0 and sigmoid(1000) is 1 in float64).
-GIDD_SHARES = tuple(round(0.5 * (1 + math.tanh(b / 2)), 6) for b in (-1000.0, -2.0, 0.0, 2.0, 1000.0))
-
 VONRUETTE2025_RECIPE = LAPTOP.with_sweeps(
     Sweep(name="compute_bound",
           grid=Grid(budgets=(4e11, 5.33e11, 7.1e11), families=("autoregressive", "hybrid"),
-                    knobs=GIDD_SHARES, sizes_per_budget=4,
+                    knobs=GIDD_SHIFTS, sizes_per_budget=4,
                     tokens_per_param=LAPTOP_TOKENS_PER_PARAM)),
-    Sweep(name="noise_sweep",
-          grid=Grid(budgets=(1.6e12,), families=("hybrid",), knobs=GIDD_SHARES,
-                    sizes_per_budget=3)),
-    name="vonruette2025", definitions=VONRUETTE2025)
+    name="vonruette2025", definitions=VONRUETTE2025)   # noise_sweep: LAPTOP's, the same five b
 
 SAHOO2026_RECIPE = LAPTOP.with_sweeps(
     Sweep(name="compute_bound",

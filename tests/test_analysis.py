@@ -241,8 +241,8 @@ def test_knob_values_are_separate_groups():
     C = np.logspace(13, 21, 8)
     raw = pd.concat([synthetic.compute_law_table(A=1e4, beta=0.2, B=2.0, C=C,
                                                  family="hybrid").assign(knob=k)
-                     for k in (0.25, 0.75)])
-    assert sorted(_final(raw)["group"].unique()) == ["hybrid@0.25", "hybrid@0.75"]
+                     for k in (-2.0, 2.0)])                  # hybrid's mixing shift b
+    assert sorted(_final(raw)["group"].unique()) == ["hybrid@-2", "hybrid@2"]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,22 +10,24 @@ import sweeps
 from core import schema as M
 from core.flops import backbone_params, param_counts
 from sweeps.definitions import DEFINITIONS, PROJECT, Definitions
-from sweeps.recipe import GIDD_SHARES, PRESETS
-from trainer.families.registry import FAMILIES, t_min_for_log_snr
+from sweeps.recipe import GIDD_SHIFTS, PRESETS
+from trainer.families.registry import FAMILIES, NoiseConfig, t_min_for_log_snr
 from trainer.plan import plan
 
 
 def test_gidd_shares_are_sigmoid_of_the_papers_mixing_shifts():
+    assert GIDD_SHIFTS == (-1000.0, -2.0, 0.0, 2.0, 1000.0)
+    shares = [NoiseConfig(family="hybrid", mixing_shift=b).uniform_share() for b in GIDD_SHIFTS]
     sig = [1 / (1 + math.exp(-b)) for b in (-2.0, 0.0, 2.0)]
-    assert GIDD_SHARES[0] == 0.0 and GIDD_SHARES[-1] == 1.0
-    assert GIDD_SHARES[1:4] == pytest.approx(sig, abs=1e-6)
-    assert GIDD_SHARES[1] == pytest.approx(0.119, abs=5e-4) and GIDD_SHARES[3] == pytest.approx(0.881, abs=5e-4)
+    assert shares[0] == 0.0 and shares[-1] == 1.0
+    assert shares[1:4] == pytest.approx(sig, abs=1e-6)
+    assert shares[1] == pytest.approx(0.119, abs=5e-4) and shares[3] == pytest.approx(0.881, abs=5e-4)
 
 
 def test_vonruette2025_runs_train_as_gidd_easydel():
     runs = sweeps.expand("compute_bound", preset="vonruette2025")
     assert {r.noise.family for r in runs} == {"autoregressive", "hybrid"}
-    assert {r.noise.uniform_share for r in runs if r.noise.family == "hybrid"} == set(GIDD_SHARES)
+    assert {r.noise.mixing_shift for r in runs if r.noise.family == "hybrid"} == set(GIDD_SHIFTS)
     for r in runs:
         assert r.train.flop_convention == "vonruette2025"
         p = plan(r, r.data.vocab_size)

@@ -75,7 +75,7 @@ class Toy(Masked):
 
 TOY = FamilySpec(name="toy", impl=f"{__name__}:Toy", uses_mask_token=True,
                  train_losses=("elbo", "ce"), default_train_loss="ce",
-                 knob=Knob(field="uniform_share", lo=0.0, hi=0.5, label="a toy share"))
+                 knob=Knob(field="mixing_shift", lo=0.0, hi=0.5, label="a toy shift"))
 
 
 @pytest.fixture
@@ -85,12 +85,12 @@ def toy(monkeypatch):
 
 def test_a_registered_toy_family_flows_through_configs_sweeps_tags_and_table(toy):
     # config validation: the knob's range is the spec's, with the same message as before
-    with pytest.raises(ValueError, match=re.escape("noise.uniform_share must be in [0, 0.5], got 0.7")):
-        NoiseConfig(family="toy", uniform_share=0.7)
-    assert NoiseConfig(family="masked", uniform_share=0.7).knob() is None   # hybrid's range
-    with pytest.raises(ValueError, match=re.escape("noise.uniform_share must be in [0, 1], got 1.5")):
-        NoiseConfig(family="masked", uniform_share=1.5)
-    assert NoiseConfig(family="toy", uniform_share=0.2).knob() == 0.2
+    with pytest.raises(ValueError, match=re.escape("noise.mixing_shift must be in [0, 0.5], got 0.7")):
+        NoiseConfig(family="toy", mixing_shift=0.7)
+    assert NoiseConfig(family="masked", mixing_shift=0.7).knob() is None   # hybrid's range
+    with pytest.raises(ValueError, match=re.escape("noise.mixing_shift must be in [-1000, 1000], got 1500")):
+        NoiseConfig(family="masked", mixing_shift=1500.0)
+    assert NoiseConfig(family="toy", mixing_shift=0.2).knob() == 0.2
     with pytest.raises(ValueError, match="no knob"):
         NoiseConfig(family="masked").with_knob(0.2)
     assert RunConfig(noise=NoiseConfig(family="toy")).use_time_cond() is False
@@ -99,7 +99,7 @@ def test_a_registered_toy_family_flows_through_configs_sweeps_tags_and_table(toy
     # the sweeps: one run per knob value for the toy, none for a family without a knob
     runs = sweeps.expand("smoke", families=("toy", "masked"), knobs=(0.1, 0.4))
     by_family = {f: [r for r in runs if r.noise.family == f] for f in ("toy", "masked")}
-    assert sorted({r.noise.uniform_share for r in by_family["toy"]}) == [0.1, 0.4]
+    assert sorted({r.noise.mixing_shift for r in by_family["toy"]}) == [0.1, 0.4]
     assert len(by_family["toy"]) == 2 * len(by_family["masked"]) > 0
     with pytest.raises(ValueError, match="hybrid, toy"):
         sweeps.expand("smoke", families=("masked",), knobs=(0.1,))
@@ -113,7 +113,8 @@ def test_a_registered_toy_family_flows_through_configs_sweeps_tags_and_table(toy
     rows = estimate([toy_run, masked_run], progress=lambda line: None,
                     tokens_per_s=lambda c, p: 1e5)
     lines = table(rows, 1).splitlines()
-    assert re.search(r"\btoy\s+0\.10\s", lines[2]) and re.search(r"\bmasked\s+L", lines[3])
+    assert re.search(r"\btoy\s+mixing_shift=0\.1\s", lines[2]) and re.search(r"\bmasked\s+L", lines[3])
+    assert _tags(p)["dlm.knob_label"] == "mixing_shift=0.1"              # no symbol, no derived value
 
     # the trainer: built from its line, trains and samples with the sampler it inherits
     fam = build_family(dataclasses.replace(toy_run.noise), V)

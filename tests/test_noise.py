@@ -5,6 +5,7 @@ makes the reverse process exact, so its NELBO per token must equal the entropy H
 of the schedule). We integrate the NELBO exactly: a midpoint rule in t (substituting t = u² to resolve
 the log-singular integrand near t = 0) and the exact expectation over x ~ p and z_t ~ q_t(·|x).
 """
+import json
 import math
 
 import pytest
@@ -14,8 +15,9 @@ from trainer.families.base import NoisyBatch, stratified_t
 from trainer.families.registry import FAMILIES, NoiseConfig, build_family
 
 V = 6
-DIFFUSION = [("masked", {}), ("uniform", {}), ("hybrid", {"uniform_share": 0.3}),
-             ("hybrid", {"uniform_share": 0.7})]
+# hybrid at uniform shares p_u = sigmoid(b) = 0.3 and 0.7 at log-SNR 0
+DIFFUSION = [("masked", {}), ("uniform", {}), ("hybrid", {"mixing_shift": math.log(0.3 / 0.7)}),
+             ("hybrid", {"mixing_shift": math.log(0.7 / 0.3)})]
 
 
 @pytest.fixture(scope="module")
@@ -102,10 +104,10 @@ def test_perfect_predictor_has_zero_nelbo(name, kw):
     assert (batch.inputs != x).any()                               # there was noise to undo
 
 
-@pytest.mark.parametrize("share,other", [(0.0, "masked"), (1.0, "uniform")])
-def test_hybrid_ends_reproduce_masked_and_uniform(share, other):
+@pytest.mark.parametrize("shift,other", [(-1000.0, "masked"), (1000.0, "uniform")])
+def test_hybrid_ends_reproduce_masked_and_uniform(shift, other):
     g = torch.Generator().manual_seed(2)
-    hyb = build_family(NoiseConfig(family="hybrid", uniform_share=share), V)
+    hyb = build_family(NoiseConfig(family="hybrid", mixing_shift=shift), V)
     ref = build_family(NoiseConfig(family=other), V)
     x = torch.randint(0, V, (256, 16), generator=g)
     t = torch.rand(256, generator=g).clamp_min(1e-3)
@@ -186,9 +188,9 @@ def test_every_registered_family_builds_and_trains_a_step():
         assert batch.inputs.max() < fam.input_vocab_size
 
 
-@pytest.mark.parametrize("share", [0.0, 0.5, 1.0])
-def test_hybrid_gradients_finite_at_and_between_ends(share):
-    fam = build_family(NoiseConfig(family="hybrid", uniform_share=share), V)
+@pytest.mark.parametrize("shift", [-1000.0, 0.0, 1000.0])
+def test_hybrid_gradients_finite_at_and_between_ends(shift):
+    fam = build_family(NoiseConfig(family="hybrid", mixing_shift=shift), V)
     g = torch.Generator().manual_seed(8)
     batch = fam.prepare(torch.randint(0, V, (16, 33), generator=g), g)
     logits = torch.randn(16, 32, V, requires_grad=True)
@@ -203,8 +205,8 @@ def test_training_loss_options():
         NoiseConfig(family="hybrid", train_loss="ce")
     with pytest.raises(ValueError, match="noise.family"):
         NoiseConfig(family="gaussian")
-    with pytest.raises(ValueError, match="uniform_share"):
-        NoiseConfig(family="hybrid", uniform_share=1.5)
+    with pytest.raises(ValueError, match="mixing_shift"):
+        NoiseConfig(family="hybrid", mixing_shift=1500.0)
     assert NoiseConfig(family="masked").resolved_train_loss() == "ce"
     assert NoiseConfig(family="uniform").resolved_train_loss() == "gidd"      # issue 13: was "elbo"
     # CE on masked positions only: with the masked ELBO weight 1/t removed it is the NLL there,
@@ -224,7 +226,7 @@ def test_training_loss_options():
 
 def test_fused_log_qhat_matches_autograd_and_survives_a_zero_prior():
     """trainer/families/qhat.py's closed-form backward equals autograd through the plain formula, and a
-    zero prior mass (hybrid at uniform_share 0) with an underflowed x̂ stays finite."""
+    zero prior mass (hybrid at mixing_shift −1000) with an underflowed x̂ stays finite."""
     from trainer.families.qhat import log_qhat_stats
     g = torch.Generator().manual_seed(3)
     B, T, V = 3, 5, 11
@@ -243,7 +245,7 @@ def test_fused_log_qhat_matches_autograd_and_survives_a_zero_prior():
     logits = torch.zeros(2, 4, V)
     logits[..., 0] = 200.0                                         # x̂ of every other token underflows
     logits.requires_grad_(True)
-    fam = build_family(NoiseConfig(family="hybrid", uniform_share=0.0), V)
+    fam = build_family(NoiseConfig(family="hybrid", mixing_shift=-1000.0), V)
     batch = fam.prepare(torch.randint(0, V, (2, 5), generator=g), g)
     loss = fam.loss(logits, batch)
     loss.backward()
@@ -288,3 +290,45 @@ def test_scored_positions_give_the_same_loss_nelbo_and_gradients(family, kind):
     if pos is not None:
         flat = batch.select(pos)
         assert flat.t.shape == flat.targets.shape == (int(pos.sum()),)
+
+
+@pytest.mark.parametrize("b,share", [(0.0, 0.5), (-2.0, 0.119203), (2.0, 0.880797),
+                                     (-1000.0, 0.0), (1000.0, 1.0)])
+def test_hybrid_knob_is_the_mixing_shift_and_its_label_the_uniform_share(b, share):
+    """The knob is 2512.10858's b: σ_t = sigmoid(λ_t + b), so at log-SNR λ = 0 (α = 1/2) the
+    prior's uniform fraction is sigmoid(b), the derived label p_u (NoiseConfig.uniform_share)."""
+    cfg = NoiseConfig(family="hybrid", mixing_shift=b)
+    spec = FAMILIES["hybrid"].knob
+    assert spec.field == "mixing_shift" and cfg.knob() == b
+    assert cfg.uniform_share() == spec.derived(b) == pytest.approx(share, abs=1e-6)
+    if abs(b) < 1000:
+        assert cfg.uniform_share() == pytest.approx(1 / (1 + math.exp(-b)), rel=1e-15)
+    assert cfg.knob_label() == f"b={b:g} p_u={share:.3g}"
+    fam = build_family(cfg, V)
+    t0 = torch.tensor([[0.5 / (1 - cfg.eps)]], dtype=torch.float64)          # α_t = 1/2: λ = 0
+    a = fam.alpha(t0)
+    assert a.item() == pytest.approx(0.5, abs=1e-15)
+    assert fam.sigma(t0).item() == pytest.approx(share, abs=1e-6)
+    m = fam.marginal(torch.zeros(1, 1, dtype=torch.long), t0)                # (1, 1, V + 1)
+    uniform_mass, mask_mass = (m[..., :V].sum() - a).item(), m[..., V].item()
+    assert uniform_mass / (uniform_mass + mask_mass) == pytest.approx(share, abs=1e-6)
+    # away from λ = 0 the shift adds to the log-SNR: σ_t = sigmoid(λ_t + b)
+    t = torch.tensor([[0.1], [0.9]], dtype=torch.float64)
+    lam = torch.log(fam.alpha(t)) - torch.log1p(-fam.alpha(t))
+    torch.testing.assert_close(fam.sigma(t), torch.sigmoid(lam + b), rtol=0, atol=0)
+
+
+def test_hybrid_shift_survives_run_ids_params_and_overrides():
+    from trainer.config import RunConfig
+    base = RunConfig(noise=NoiseConfig(family="hybrid"))
+    for b in (-1000.0, -2.0, 1000.0):
+        cfg = base.with_overrides([f"noise.mixing_shift={b:g}"])            # '-1000', an int
+        assert cfg.noise.mixing_shift == b and isinstance(cfg.noise.mixing_shift, float)
+        assert cfg.run_id() == RunConfig(noise=NoiseConfig(family="hybrid", mixing_shift=b)).run_id()
+        assert "Infinity" not in cfg.to_json() and RunConfig.from_dict(
+            json.loads(cfg.to_json())).run_id() == cfg.run_id()
+        assert cfg.flat()["noise.mixing_shift"] == repr(b)
+    assert len({base.with_overrides([f"noise.mixing_shift={b}"]).run_id()
+                for b in (-1000, -2, 0, 2, 1000)}) == 5
+    with pytest.raises(ValueError, match="finite"):
+        base.with_overrides(["noise.mixing_shift=Infinity"])

@@ -64,7 +64,7 @@ RUNS = {
             {8: (4000, 80, 5.0), 16: (2000, 60, 5.0), 32: (1000, 50, 5.0)}),
     "u32": ("uniform", "", "L2-d32", 1e12, "uniform-ancestral",
             {8: (3800, 70, 5.0), 16: (1900, 65, 5.0), 32: (950, 62, 5.0)}),
-    "i48": ("hybrid", "0.5", "L2-d48", 2e12, "uniform-ancestral",
+    "i48": ("hybrid", "-2.0", "L2-d48", 2e12, "uniform-ancestral",
             {8: (3000, 75, 5.0), 16: (1500, 55, 5.0)}),
     "ar": ("autoregressive", "", "L2-d32", 1e12, "ar-kvcache", {SEQ_LEN: (1200, 45, 5.0)}),
     # steps 8: fastest AND best gen-PPL, by repeating itself (entropy 2.0 < 4.68)
@@ -74,7 +74,7 @@ RUNS = {
 FRONT_ALL = {("m32", 8), ("u32", 8), ("m128", 16), ("i48", 16), ("ar", SEQ_LEN)}
 FRONT_GROUP = FRONT_ALL | {("m32", 32), ("u32", 16), ("u32", 32), ("i48", 8)}
 DEGENERATE = {("m128", 8)}
-GROUPS = {"m32": "masked", "u32": "uniform", "i48": "hybrid@0.5", "ar": "autoregressive",
+GROUPS = {"m32": "masked", "u32": "uniform", "i48": "hybrid@-2", "ar": "autoregressive",
           "m128": "masked"}
 JUDGE = "autoregressive L2-d48 run judge0, val 3.10 nats"
 
@@ -106,8 +106,8 @@ def test_table_fronts_and_degenerate_points():
     assert not (table["degenerate"] & (table["front_all"] | table["front_group"])).any()
     # Sorted by group, size (natural order: d32 before d128), then steps.
     assert list(zip(table["group"], table["size"], table["steps"]))[:5] == [
-        ("autoregressive", "L2-d32", 64), ("hybrid@0.5", "L2-d48", 8),
-        ("hybrid@0.5", "L2-d48", 16), ("masked", "L2-d32", 8), ("masked", "L2-d32", 16)]
+        ("autoregressive", "L2-d32", 64), ("hybrid@-2", "L2-d48", 8),
+        ("hybrid@-2", "L2-d48", 16), ("masked", "L2-d32", 8), ("masked", "L2-d32", 16)]
     # Without the entropy guard the repetitive sampler games gen-PPL and beats everything.
     gamed = speed_quality_table(df, min_entropy_ratio=0.0)
     assert _marked(gamed, "front_all") == DEGENERATE and not gamed["degenerate"].any()
@@ -184,7 +184,7 @@ def test_load_sampling_round_trip(store):
         tps, ppl, ent = pts[r.steps]
         assert (r.source_run, r.run_id, r.family, r.group, r.size, r.sampler) == (
             f"mlflow-{key}", f"hash-{key}", family, GROUPS[key], size, sampler)
-        assert r.budget == budget and (np.isnan(r.knob) if knob == "" else r.knob == 0.5)
+        assert r.budget == budget and (np.isnan(r.knob) if knob == "" else r.knob == -2.0)
         assert (r.tokens_per_s, r.gen_ppl, r.entropy, r.nfe) == (tps, ppl, ent, r.steps)
         assert r.latency_s == pytest.approx(SEQ_LEN / tps, rel=1e-12)
         assert (r.judge_run_id, r.judge, r.ref_entropy) == ("judge0", JUDGE, REF_ENTROPY)

@@ -37,7 +37,7 @@ def _plans(name: str, preset: str):
 
 
 def _knob(cfg):
-    return cfg.noise.uniform_share if cfg.noise.family == "hybrid" else None
+    return cfg.noise.mixing_shift if cfg.noise.family == "hybrid" else None
 
 
 def _row(cfg, p) -> dict:
@@ -116,7 +116,7 @@ def test_isoflop_curves_bracket_the_compute_optimal_size(preset):
     if preset in ("laptop", "cluster"):
         assert len(budgets) >= 4
         assert families == {"autoregressive", "masked", "uniform", "hybrid"}
-        assert {k for _, f, k in curves if f == "hybrid"} >= {0.5}
+        assert {k for _, f, k in curves if f == "hybrid"} >= {0.0}        # b = 0: p_u = 0.5
     if preset == "cluster":
         assert min(budgets) >= 1e17 and max(budgets) >= 1e20
     if preset == "quick":
@@ -211,8 +211,10 @@ def test_data_bound_repeats_a_fixed_pool_with_growing_models():
 def test_noise_sweep_spans_masked_to_uniform():
     runs = sweeps.expand("noise_sweep")
     assert {r.noise.family for r in runs} == {"hybrid"}
-    knobs = sorted({r.noise.uniform_share for r in runs})
-    assert knobs[0] == 0.0 and knobs[-1] == 1.0 and len(knobs) >= 5
+    knobs = sorted({r.noise.mixing_shift for r in runs})
+    assert knobs[0] == -1000.0 and knobs[-1] == 1000.0 and len(knobs) >= 5
+    shares = sorted({r.noise.uniform_share() for r in runs})
+    assert shares[0] == 0.0 and shares[-1] == 1.0 and len(shares) == len(knobs)
     cells = {(r.size, r.train.budget_flops) for r in runs}
     assert len(runs) == len(cells) * len(knobs)           # every knob at every fixed size/budget
 
@@ -240,7 +242,7 @@ def test_hparams_search_space():
     ({"name": "compute_bound", "families": ["masked", "gaussian"]}, "gaussian"),
     ({"name": "compute_bound", "sizes": ["L2-d64", "L99-d9"]}, "L99-d9"),
     ({"name": "smoke", "knobs": [0.5]}, "hybrid"),          # no family has a knob
-    ({"name": "noise_sweep", "knobs": [1.5]}, "1.5"),
+    ({"name": "noise_sweep", "knobs": [1500.0]}, "1500.0"),
     ({"name": "compute_bound", "budgets": [-1.0]}, "-1.0"),
     ({"name": "smoke", "overrides": ["train.no_such_field=1"]}, "no_such_field"),
     ({"name": "smoke", "overrides": ["size=L2-d24"]}, "identical"),  # collapses distinct runs
@@ -255,7 +257,7 @@ def test_bad_input_raises_naming_it(kwargs, needle):
 def test_selection_and_overrides_apply():
     runs = sweeps.expand("compute_bound", sizes=["L2-d64", "L2-d32"], budgets=[2e12],
                          families=["hybrid"], knobs=[0.25, 0.75])
-    assert [(r.size, r.noise.uniform_share) for r in runs] == [
+    assert [(r.size, r.noise.mixing_shift) for r in runs] == [
         ("L2-d32", 0.25), ("L2-d64", 0.25), ("L2-d32", 0.75), ("L2-d64", 0.75)]
     assert {r.train.budget_flops for r in runs} == {2e12}
     # budgets alone: sizes re-centred on each new budget's f* (masked: at 600 tokens per parameter,

@@ -36,7 +36,7 @@ def test_masked_ce_is_the_masked_sum_over_all_tokens():
     assert fam.loss(logits, batch, "ce").item() < (nll[m].mean()).item()
 
 
-def _gidd_reference(fam, logits, batch, share):
+def _gidd_reference(fam, logits, batch, b):
     """gidd-easydel's loss, dense: loss_weights (π(z) − π'(z)) / (π(z) + e^λ·[z = x]) times
     KL(q_t(·|x) ‖ q_t(·|x̂)) + (ρ − log ρ − 1), ρ = q_t(z|x)/q_t(z|x̂), π over V real + mask
     (π_real = σ/V, π_mask = 1 − σ, σ = sigmoid(λ + b)), π' = dπ/dλ; mean over positions."""
@@ -44,8 +44,7 @@ def _gidd_reference(fam, logits, batch, share):
     t = batch.t[:, None].double().expand_as(x)
     a = 1 - (1 - fam.cfg.eps) * t
     lam = torch.log(a) - torch.log1p(-a)
-    b = -math.inf if share == 0 else math.inf if share == 1 else math.log(share / (1 - share))
-    s = torch.sigmoid(lam + b)
+    s = torch.sigmoid(lam + b)                            # b = ±1000: exactly 1 / 0
     S = V + 1
     pi = torch.cat([(s / V)[..., None].expand(*x.shape, V), (1 - s)[..., None]], -1)
     dpi = torch.cat([(s * (1 - s) / V)[..., None].expand(*x.shape, V), (-s * (1 - s))[..., None]], -1)
@@ -62,14 +61,15 @@ def _gidd_reference(fam, logits, batch, share):
     return (w.clamp(0, GIDD_WEIGHT_CLIP) * (kl + is_div)).mean()
 
 
-@pytest.mark.parametrize("name,share", [("uniform", 1.0), ("hybrid", 0.3),
-                                        ("hybrid", 0.8), ("masked", 0.0)])
-def test_gidd_loss_equals_gidd_easydel_formula(name, share):
-    fam = build_family(NoiseConfig(family=name, uniform_share=share, train_loss="gidd"), V)
+# mixing shift b: uniform / masked are the ends b = ±1000; hybrid at uniform shares 0.3 and 0.8
+@pytest.mark.parametrize("name,shift", [("uniform", 1000.0), ("hybrid", math.log(0.3 / 0.7)),
+                                        ("hybrid", math.log(0.8 / 0.2)), ("masked", -1000.0)])
+def test_gidd_loss_equals_gidd_easydel_formula(name, shift):
+    fam = build_family(NoiseConfig(family=name, mixing_shift=shift, train_loss="gidd"), V)
     batch, logits = _batch(fam, seed=1)
     got = fam.loss(logits, batch).item()
-    want = _gidd_reference(fam, logits, batch, share).item()
-    print(f"{name} {share}: gidd {got:.6f} reference {want:.6f}")
+    want = _gidd_reference(fam, logits, batch, shift).item()
+    print(f"{name} b={shift:g}: gidd {got:.6f} reference {want:.6f}")
     assert got == pytest.approx(want, rel=1e-4)
     # and it is the ELBO integrand times α(1 − α)/|α'|: not the NELBO
     a = fam.alpha(batch.t[:, None].double())

@@ -14,12 +14,12 @@ differ only in the prior π_t over the state space (V real tokens, plus one mask
 
     masked         π_t = mask                                   (absorbing state, MDLM)
     uniform        π_t = uniform over the V real tokens         (UDLM / Duo)
-    hybrid         π_t = σ_t · uniform + (1 − σ_t) · mask,  σ_t = sigmoid(λ_t + b),  b = logit(p_u)
+    hybrid         π_t = σ_t · uniform + (1 − σ_t) · mask,  σ_t = sigmoid(λ_t + b)
 
-where λ_t = log(α_t / β_t) is the log-SNR and b the log-SNR mixing shift swept in 2512.10858;
-p_u = `uniform_share` is the uniform fraction of the noise at λ = 0. p_u = 0 gives masked, p_u = 1
-gives uniform exactly, and in between uniform noise dominates at low noise and the prior at t = 1 is
-(almost) all mask, as in GIDD's hybrid noise.
+where λ_t = log(α_t / β_t) is the log-SNR and b = `mixing_shift` the log-SNR mixing shift swept in
+2512.10858; p_u = sigmoid(b) (`NoiseConfig.uniform_share()`) is the uniform fraction of the noise at
+λ = 0. b = −1000 gives masked, b = 1000 gives uniform exactly, and in between uniform noise
+dominates at low noise and the prior at t = 1 is (almost) all mask, as in GIDD's hybrid noise.
 
 The continuous-time NELBO (GIDD Thm. 3.6; the CTMC path-KL of Campbell et al. 2022 written out) is
 

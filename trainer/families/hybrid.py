@@ -1,10 +1,9 @@
 """GIDD hybrid noise (von Rütte et al. 2025): π_t = σ_t·uniform + (1 − σ_t)·mask.
 
-σ_t = sigmoid(λ_t + logit(p_u)) with the knob p_u = `NoiseConfig.uniform_share` (registry line:
-trainer/families/registry.py). The interface and the NELBO: trainer/families/base.py."""
+σ_t = sigmoid(λ_t + b) at log-SNR λ_t, with the knob b = `NoiseConfig.mixing_shift` (2512.10858's
+mixing shift; registry line: trainer/families/registry.py). b = ±1000 (registry.MIXING_SHIFT_END)
+makes σ_t exactly 1 / 0: uniform / masked noise. The interface and the NELBO: trainer/families/base.py."""
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F
@@ -16,18 +15,19 @@ from trainer.sampling.samplers import PosteriorAncestral
 
 
 class Hybrid(NoiseFamily):
-    """GIDD hybrid noise: π_t = σ_t·uniform + (1 − σ_t)·mask, σ_t = sigmoid(log-SNR + logit(p_u))."""
+    """GIDD hybrid noise: π_t = σ_t·uniform + (1 − σ_t)·mask, σ_t = sigmoid(log-SNR + b)."""
     normalizes = True
     sampler = PosteriorAncestral()
 
     def __init__(self, cfg, vocab_size):
         super().__init__(cfg, vocab_size)
-        p = cfg.uniform_share
-        self.shift = -math.inf if p == 0 else math.inf if p == 1 else math.log(p / (1 - p))
+        self.shift = cfg.mixing_shift                 # b; uniform share at log-SNR 0: sigmoid(b)
 
     def sigma(self, t: Tensor) -> Tensor:
         a = self.alpha(t)
-        return torch.sigmoid(torch.log(a) - torch.log1p(-a) + self.shift)   # exact 0 / 1 at the ends
+        # exact 0 / 1 at b = ∓1000: λ ∈ [logit(eps), 13.8] (t >= T_MIN), and sigmoid(x) underflows
+        # to 0 below x ≈ −104 (float32; −745 float64) and rounds to 1 above x ≈ 17 (float32; 37)
+        return torch.sigmoid(torch.log(a) - torch.log1p(-a) + self.shift)
 
     def corrupt(self, x, t, generator=None):
         beta, s = 1.0 - t_column(self.alpha(t)), t_column(self.sigma(t))

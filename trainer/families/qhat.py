@@ -28,8 +28,9 @@ class _LogQhatStats(torch.autograd.Function):
     def forward(ctx, scores: Tensor, a: Tensor, b: Tensor, x: Tensor, z: Tensor):
         p = torch.softmax(scores, dim=-1)                                    # (..., V)
         qhat = (p * a[..., None]).add_(b[..., None])                         # (..., V)
-        # b = 0 (hybrid at uniform_share 0) with an underflowed x̂_v would give log 0 and
-        # 0·inf = NaN downstream; the floor keeps those entries finite (they carry weight b = 0).
+        # b = 0 (no uniform prior mass: the hybrid family at mixing_shift −1000) with an underflowed
+        # x̂_v would give log 0 and 0·inf = NaN downstream; the floor keeps those entries finite
+        # (they carry weight b = 0).
         qhat.clamp_min_(torch.finfo(qhat.dtype).tiny)
         inv = qhat.reciprocal()
         log_q = qhat.log_()                                                  # in place: log q̂

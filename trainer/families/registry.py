@@ -10,16 +10,17 @@ its `ALL_FAMILIES` (sweeps/recipe.py) is every registered family, in this order.
 
 A knob is a `NoiseConfig` field the family reads and a sweep varies (`Knob`): the sweeps set it
 (sweeps/grid.py), the trial tags it (`dlm.knob`), the dry-run table shows it, all through
-`NoiseConfig.knob()` / `with_knob()`. A family with a new *kind* of knob needs a new `NoiseConfig`
-field, and a new field changes every run id (`RunConfig.science` hashes every field): reuse a field
-where the meaning fits.
+`NoiseConfig.knob()` / `with_knob()`; `NoiseConfig.knob_label()` names the value with its derived
+value where the knob has one (hybrid: 'b=-2 p_u=0.119'; the dlm.knob_label tag, the dry-run table).
+A family with a new *kind* of knob needs a new `NoiseConfig` field, and a new field changes every
+run id (`RunConfig.science` hashes every field): reuse a field where the meaning fits.
 """
 from __future__ import annotations
 
 import importlib
 import math
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from core.ladder import TIME_CONDS
 
@@ -37,9 +38,22 @@ class Knob:
     """Closed range of valid values, [lo, hi]."""
     label: str
     """What the value means, in a few words (`python -m trainer.families.registry`)."""
+    symbol: str = ""
+    """Its short name in `show` (the dry-run table, the dlm.knob_label tag); "" = the field name."""
+    derived: Callable[[float], float] | None = None
+    """A function of the value on a more readable scale, shown beside it (never read by the family)."""
+    derived_symbol: str = ""
+    """The derived value's short name in `show`."""
 
     def accepts(self, value: float) -> bool:
         return self.lo <= value <= self.hi                    # False for NaN
+
+    def show(self, value: float) -> str:
+        """The value as tables and tags name it: 'b=-2 p_u=0.119' (derived value to 3 digits)."""
+        text = f"{self.symbol or self.field}={value:g}"
+        if self.derived is not None:
+            text += f" {self.derived_symbol}={self.derived(value):.3g}"
+        return text
 
     def check(self, value: float) -> None:
         if not self.accepts(value):
@@ -89,6 +103,21 @@ class FamilySpec:
         return getattr(importlib.import_module(module), name)
 
 
+MIXING_SHIFT_END = 1000.0
+"""|b| of the hybrid family's pure ends, 2512.10858's b = ±1000: sigmoid(λ ± 1000) is exactly 1 / 0
+in float32 and float64 at every log-SNR the schedule reaches (logit(eps) <= λ <= 13.8), so b = −1000
+*is* masked noise and b = 1000 uniform (tests/test_noise.py). Finite, unlike ±inf: the run-id JSON,
+the saved config and `--set` stay standard JSON (config.check_types refuses a non-finite float)."""
+
+
+def sigmoid(x: float) -> float:
+    """σ(x) = 1 / (1 + e^−x) without overflow: exactly 0.0 at x = −1000 and 1.0 at x = 1000."""
+    if x >= 0:
+        return 1.0 / (1.0 + math.exp(-x))
+    z = math.exp(x)
+    return z / (1.0 + z)
+
+
 # Time-conditioning defaults, each from the code of the paper the family reproduces:
 #  - autoregressive "none": causal, no diffusion time. (2602.15014's AR runs its DiT with adaLN on
 #    and a dummy t = 0: scaling-dllms algo.py AR.nll; a constant input makes adaLN a learned
@@ -114,8 +143,10 @@ FAMILIES: dict[str, FamilySpec] = {spec.name: spec for spec in (
     FamilySpec(name="hybrid", impl="trainer.families.hybrid:Hybrid",
                uses_mask_token=True, time_cond_default="none",
                train_losses=("elbo", "gidd"), default_train_loss="gidd",
-               knob=Knob(field="uniform_share", lo=0.0, hi=1.0,
-                         label="uniform share p_u of the noise at log-SNR 0 (0 = masked, 1 = uniform)")),
+               knob=Knob(field="mixing_shift", lo=-MIXING_SHIFT_END, hi=MIXING_SHIFT_END, symbol="b",
+                         derived=sigmoid, derived_symbol="p_u",
+                         label="log-SNR mixing shift b (-1000 = masked, 1000 = uniform); "
+                               "p_u = sigmoid(b) the uniform share at log-SNR 0")),
 )}
 
 
@@ -125,8 +156,10 @@ class NoiseConfig:
     """A registered family name: a key of FAMILIES (`python -m trainer.families.registry` lists them)."""
     eps: float = 1e-3
     """Schedule floor: α_1 = eps (log-linear α_t = 1 − (1 − eps)·t). Bias of the NELBO is O(eps)."""
-    uniform_share: float = 0.5
-    """Hybrid knob p_u ∈ [0, 1]: uniform share of the noise at log-SNR 0 (0 = masked, 1 = uniform)."""
+    mixing_shift: float = 0.0
+    """Hybrid knob b ∈ [−1000, 1000], 2512.10858's log-SNR mixing shift: the uniform fraction of the
+    noise is σ_t = sigmoid(λ_t + b) at log-SNR λ_t. b = −1000 is masked noise and b = 1000 uniform,
+    exactly (MIXING_SHIFT_END); 0 = half uniform at λ = 0 (`uniform_share()` = sigmoid(b))."""
     train_loss: str = "auto"
     """The training loss (validation is always the exact NELBO, trainer/job/objective.evaluate):
     'elbo'  the NELBO integrand itself, per position (what validation estimates);
@@ -163,6 +196,10 @@ class NoiseConfig:
             raise ValueError(f"noise.family: unknown family {self.family!r}; known: {sorted(FAMILIES)}")
         if not 0.0 < self.eps < 0.5:
             raise ValueError(f"noise.eps must be in (0, 0.5), got {self.eps}")
+        for name in {spec.knob.field for spec in FAMILIES.values() if spec.knob is not None}:
+            value = getattr(self, name)       # `--set noise.mixing_shift=-2` parses as an int:
+            if isinstance(value, int) and not isinstance(value, bool):   # the run of -2.0
+                object.__setattr__(self, name, float(value))
         self._check_knobs()
         allowed = FAMILIES[self.family].train_losses
         if self.train_loss != "auto" and self.train_loss not in allowed:
@@ -204,6 +241,17 @@ class NoiseConfig:
         """The value of this family's knob, or None if the family has none."""
         k = FAMILIES[self.family].knob
         return None if k is None else getattr(self, k.field)
+
+    def knob_label(self) -> str:
+        """This family's knob value as tables and the dlm.knob_label tag name it ('b=-2 p_u=0.119'),
+        or "" if the family has none."""
+        k = FAMILIES[self.family].knob
+        return "" if k is None else k.show(getattr(self, k.field))
+
+    def uniform_share(self) -> float:
+        """Hybrid's p_u = sigmoid(mixing_shift): the uniform share of its noise at log-SNR 0 (a
+        label for b; the family reads b)."""
+        return sigmoid(self.mixing_shift)
 
     def with_knob(self, value: float) -> NoiseConfig:
         """This config with the family's knob set to `value` (ValueError if it has no knob)."""

@@ -60,6 +60,7 @@ def _tags(p: Plan) -> dict[str, str]:
     c = p.cfg
     tags = {M.TAG_ROLE: M.ROLE_TRIAL, M.TAG_FAMILY: c.noise.family, M.TAG_SIZE: c.size,
             M.TAG_KNOB: "" if c.noise.knob() is None else str(c.noise.knob()),
+            M.TAG_KNOB_LABEL: c.noise.knob_label(),
             M.TAG_BUDGET: repr(c.train.budget_flops), M.TAG_SWEEP: c.sweep,
             M.TAG_RUN_ID: p.run_id, M.TAG_STEP_UNIT: STEP_UNIT}
     if c.io.parent_run_id:
