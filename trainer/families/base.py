@@ -183,7 +183,8 @@ class NoiseFamily(ABC):
             raise ValueError(f"no sampler {name!r}; this family's samplers: {', '.join(known)}")
         if not settings:
             return chosen
-        fields = [f.name for f in dataclasses.fields(chosen)] if dataclasses.is_dataclass(chosen) else []
+        fields = ([f.name for f in dataclasses.fields(chosen)]
+                  if dataclasses.is_dataclass(chosen) else [])
         typed = {}
         for key, value in settings.items():
             if key not in fields:
