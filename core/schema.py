@@ -176,6 +176,7 @@ PARAM_SEQ_LEN = "seq_len"
 PARAM_TEMPERATURE = "temperature"
 PARAM_TOP_P = "top_p"                              # nucleus mass (trainer.sampling.samplers.Draw)
 PARAM_GREEDY_FINAL = "greedy_final"                # the last denoising step takes the argmax
+PARAM_SAMPLER = "sampler"                          # the sampler's name (Sampler.name; its label: TAG_SAMPLER)
 
 # --- trial metrics --------------------------------------------------------------------------------
 METRIC_LOSS = "val_nelbo"
@@ -196,6 +197,11 @@ METRIC_NFE = "nfe"
 SAMPLING_METRICS = (METRIC_TOKENS_PER_S, METRIC_LATENCY_S, METRIC_GEN_PPL, METRIC_ENTROPY, METRIC_NFE)
 
 
+
+
+def sampler_setting_param(setting: str) -> str:
+    """Sampling param: one setting of the sampler (a field of trainer.sampling.remasking.MaskedRemdm, ...)."""
+    return f"{PARAM_SAMPLER}.{setting}"
 
 
 def flops_per_token_param(convention: str) -> str:

@@ -2,6 +2,7 @@
 
     python -m orchestrator.sampling EXPERIMENT [--out-dir runs] [--steps 8,16,32,64,128] [--n 32]
         [--seed 0] [--judge RUN] [--tracking-uri URI] [--address ADDR] [--num-cpus N] [--threads 1]
+        [--top-p P] [--greedy-final] [--sampler NAME [--sampler-settings K=V,...]]
     make sample SWEEP=smoke            # then: make speed-quality SWEEP=smoke
 
 This module only drives: it picks the FINISHED trials of the experiment whose weights load (out_dir/
@@ -17,6 +18,11 @@ What MLflow says is data, not a path to trust: whoever can write to the store ca
 file read is confined to --out-dir (the sweep's --out-dir, default runs/ like the sweep's): a trial
 whose dlm.weights tag or dlm.run_id points outside it stops the stage (exit 2, naming the run and
 the path), and weights and checkpoints load weights-only (trainer/sampling/sample.py).
+
+--sampler picks one of a family's samplers by name (e.g. masked-remdm, with --sampler-settings
+schedule=cap,eta=0.02): only the runs of families that offer it are sampled; its name and settings
+are the tag dlm.sampler and params sampler, sampler.<setting>, and they enter the sampling key
+unless the choice is the family's default sampler unchanged (so earlier keys stand).
 """
 from __future__ import annotations
 
@@ -35,7 +41,7 @@ from core import schema as M
 from core.schema import resolve_uri
 from core.search import search_all
 from trainer.families.registry import FAMILIES
-from trainer.sampling.job import Job, ref_entropy, sample_job
+from trainer.sampling.job import Job, parse_settings, ref_entropy, sample_job, sampler_fields
 
 DEFAULT_STEPS = (8, 16, 32, 64, 128)
 
@@ -90,12 +96,35 @@ def pick_judge(runs: list, judge: str | None, dirs: dict[str, Path | None]):
     return min(ar, key=lambda r: r.data.metrics.get(M.METRIC_LOSS, float("inf")))
 
 
+def sampler_choice(name: str | None, settings: dict) -> dict[str, tuple[str | None, dict]] | None:
+    """{family: (Job.sampler, Job.sampler_settings)} for every registered family offering the
+    sampler `name` with `settings` (None, {} where that is the family's default unchanged); None
+    for no --sampler (every family, its default). ValueError naming an unknown sampler and the
+    known ones, or a bad setting (NoiseFamily.pick_sampler), before any work is done."""
+    if name is None:
+        if settings:
+            raise ValueError("--sampler-settings needs --sampler")
+        return None
+    offer, known = {}, []
+    for family, spec in FAMILIES.items():
+        cls = spec.load()
+        known += [s for s in cls.samplers() if s not in known]
+        if name in cls.samplers():
+            chosen = cls.pick_sampler(name, settings)
+            offer[family] = (None, {}) if chosen == cls.sampler else (name, sampler_fields(chosen))
+    if not offer:
+        raise ValueError(f"--sampler {name!r} is no family's sampler; known: {', '.join(known)}")
+    return offer
+
+
 def settings_key(job: Job, judge_run: str) -> str:
     from trainer.sampling.samplers import VERSION
     settings = {"steps": job.steps, "n": job.n, "seed": job.seed, "t": job.temperature,
                 "judge": judge_run, "sampler_version": VERSION}
     if job.top_p < 1.0 or job.greedy_final:        # the defaults keep earlier keys
         settings.update(top_p=job.top_p, greedy_final=job.greedy_final)
+    if job.sampler is not None:                    # the family's default sampler keeps earlier keys
+        settings.update(sampler=job.sampler, sampler_settings=job.sampler_settings)
     blob = json.dumps(settings, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -121,7 +150,9 @@ def log_result(client, exp_id, parent, src, judge, judge_text, key, res, job, re
     params = [Param(M.PARAM_SEED, str(job.seed)), Param(M.PARAM_N_SAMPLES, str(job.n)),
               Param(M.PARAM_SEQ_LEN, str(res["seq_len"])),
               Param(M.PARAM_TEMPERATURE, str(job.temperature)), Param(M.PARAM_TOP_P, str(job.top_p)),
-              Param(M.PARAM_GREEDY_FINAL, str(job.greedy_final))]
+              Param(M.PARAM_GREEDY_FINAL, str(job.greedy_final)),
+              Param(M.PARAM_SAMPLER, res["sampler_name"]),
+              *(Param(M.sampler_setting_param(k), str(v)) for k, v in res["sampler_settings"].items())]
     client.log_batch(run.info.run_id, metrics=metrics, params=params)
     example = "\n\n".join(f"[steps {p['steps']}] {p['example']}" for p in res["points"])
     client.log_text(run.info.run_id, example, "samples.txt")
@@ -144,6 +175,12 @@ def parse(argv):
                     help="nucleus mass in (0, 1]: draw from the most likely tokens holding it (1 = all)")
     ap.add_argument("--greedy-final", action="store_true",
                     help="diffusion: the last denoising step takes each position's argmax")
+    ap.add_argument("--sampler", default=None,
+                    help="one of a family's samplers by name (default: each family's own), e.g. "
+                         "masked-remdm; only families offering it are sampled")
+    ap.add_argument("--sampler-settings", default="",
+                    help="the sampler's settings, KEY=VALUE,... (masked-remdm: schedule=cap|rescale|"
+                         "loop, eta, t_on, t_off, alpha_on)")
     ap.add_argument("--judge", default=None, help=f"judge run (MLflow id or {M.TAG_RUN_ID} prefix); "
                     "default: the study's best autoregressive run")
     ap.add_argument("--repeats", type=int, default=3, help="timed calls per point (median)")
@@ -168,6 +205,7 @@ def main(argv=None) -> int:
             raise ValueError("--temperature must be > 0")
         if not 0.0 < args.top_p <= 1.0:
             raise ValueError(f"--top-p must be in (0, 1], got {args.top_p}")
+        offer = sampler_choice(args.sampler, parse_settings(args.sampler_settings))
         client = MlflowClient(resolve_uri(args.tracking_uri))
         exp_id, trials = _trials(client, args.experiment)
         if not trials:
@@ -184,12 +222,18 @@ def main(argv=None) -> int:
                   f"(val NELBO {judge.data.metrics.get(M.METRIC_LOSS, float('nan')):.3f} nats/token)")
     usable = [r for r in trials if dirs[r.info.run_id]]
     missing = len(trials) - len(usable)
+    if offer is not None:
+        other = [r for r in usable if r.data.tags.get(M.TAG_FAMILY) not in offer]
+        usable = [r for r in usable if r.data.tags.get(M.TAG_FAMILY) in offer]
+        print(f"--sampler {args.sampler}: {len(usable)} runs of {', '.join(offer)}; {len(other)} "
+              f"runs of other families skipped", flush=True)
     done = _already(client, exp_id)
     jobs = {}
     for r in usable:
+        sampler, sampler_settings = (None, {}) if offer is None else offer[r.data.tags.get(M.TAG_FAMILY)]
         job = Job(r.info.run_id, str(dirs[r.info.run_id]), str(judge_dir), steps, args.n, args.seed,
                   args.temperature, args.threads, args.repeats, top_p=args.top_p,
-                  greedy_final=args.greedy_final)
+                  greedy_final=args.greedy_final, sampler=sampler, sampler_settings=sampler_settings)
         if (r.info.run_id, settings_key(job, judge.info.run_id)) not in done:
             jobs[r.info.run_id] = job
     print(f"sampling {args.experiment}: {len(trials)} finished runs, {len(usable) - len(jobs)} already "

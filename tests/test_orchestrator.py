@@ -60,6 +60,10 @@ def test_bad_input_fails_before_ray_starts(tmp_path, args, needle):
     (["nosuchstudy"], "nosuchstudy"),
     (["smoke", "--steps", "0,8"], "--steps"),
     (["smoke", "--top-p", "0"], "--top-p"),
+    (["smoke", "--sampler", "nosuch"], "--sampler 'nosuch' is no family's sampler; known: "),
+    (["smoke", "--sampler", "masked-remdm", "--sampler-settings", "eta=2"], "eta must be in [0, 1]"),
+    (["smoke", "--sampler", "masked-remdm", "--sampler-settings", "beta=1"], "no setting 'beta'"),
+    (["smoke", "--sampler-settings", "eta=0.1"], "needs --sampler"),
 ])
 def test_sampling_stage_rejects_bad_input_before_ray(tmp_path, args, needle):
     from mlflow.tracking import MlflowClient as Client

@@ -56,3 +56,29 @@ def test_sample_job_names_its_draw_settings(trained):
     assert sample_job(nucleus)["sampler"] == "masked-ancestral-cached[top_p=0.9,greedy_final]"
     # another draw is another measurement: a re-run does not mistake one for the other
     assert settings_key(base, "judge") != settings_key(nucleus, "judge")
+
+
+def test_sample_job_names_its_sampler_and_settings(trained):
+    from orchestrator.sampling import sampler_choice, settings_key
+    from trainer.sampling.job import Job, parse_settings, sample_job
+    dirs, _ = trained
+    base = Job("mlflow-id", str(dirs["masked"]), str(dirs["autoregressive"]), steps=(4,), n=2,
+               seed=0, temperature=1.0, threads=1, repeats=1)
+    offer = sampler_choice("masked-remdm", parse_settings("schedule=rescale, eta=0.5"))
+    assert set(offer) == {"masked"}
+    name, settings = offer["masked"]
+    assert name == "masked-remdm" and settings["schedule"] == "rescale" and settings["eta"] == 0.5
+    remdm = Job(**{**base.__dict__, "sampler": name, "sampler_settings": settings, "top_p": 0.9})
+    res = sample_job(remdm)
+    assert res["sampler"] == "masked-remdm[rescale,eta=0.5,top_p=0.9]"
+    assert res["sampler_name"] == "masked-remdm" and res["sampler_settings"] == settings
+    assert sample_job(base)["sampler_settings"] == {}
+    keys = {settings_key(j, "judge") for j in (base, remdm, Job(**{**remdm.__dict__, "top_p": 1.0}))}
+    assert len(keys) == 3
+    # the family's default sampler, named or not, is the earlier measurement: the same key
+    assert sampler_choice("masked-ancestral-cached", {}) == {"masked": (None, {})}
+    assert sampler_choice(None, {}) is None
+    assert sampler_choice("masked-remdm", {}) == {"masked": ("masked-remdm", {
+        "schedule": "cap", "eta": 0.008, "t_on": 0.55, "t_off": 0.05, "alpha_on": 0.9})}
+    with pytest.raises(ValueError, match="not KEY=VALUE"):
+        parse_settings("eta")

@@ -45,7 +45,7 @@ import dataclasses
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -119,10 +119,11 @@ def t_column(v: Tensor) -> Tensor:
 
 class NoiseFamily(ABC):
     """One noise family. Subclasses implement the abstract methods, may set `normalizes`, and
-    declare their `sampler`; the family's facts (name, causal, mask token, ...) are its registry
+    declare their `sampler` (and any `other_samplers`); the family's facts (name, causal, mask token, ...) are its registry
     line's (`spec`), chosen by `cfg.family` (registry.build_family)."""
     normalizes: ClassVar[bool] = False   # elbo_terms accepts raw logits (softmax inside, qhat.py)
     sampler: ClassVar[Sampler]           # how to draw sequences from a model of this family
+    other_samplers: ClassVar[tuple[Sampler, ...]] = ()   # more ways, chosen by name
 
     def __init__(self, cfg: NoiseConfig, vocab_size: int):
         if vocab_size < 2:
@@ -162,6 +163,40 @@ class NoiseFamily(ABC):
 
     def dalpha(self, t: Tensor) -> Tensor:
         return torch.full_like(t, -(1.0 - self.cfg.eps))
+
+    # --- samplers ----------------------------------------------------------------------------------
+    @classmethod
+    def samplers(cls) -> dict[str, Sampler]:
+        """Every sampler of the family by name, the default (`sampler`) first."""
+        return {s.name: s for s in (cls.sampler, *cls.other_samplers)}
+
+    @classmethod
+    def pick_sampler(cls, name: str | None = None,
+                     settings: Mapping[str, object] | None = None) -> Sampler:
+        """The sampler called `name` (None: the default) with `settings` replacing its defaults
+        (a sampler's settings are its dataclass fields; a string value is converted to the field's
+        type, so CLI text passes as it is). ValueError naming an unknown sampler or setting and
+        the known ones, or a bad value."""
+        known = cls.samplers()
+        chosen = cls.sampler if name is None else known.get(name)
+        if chosen is None:
+            raise ValueError(f"no sampler {name!r}; this family's samplers: {', '.join(known)}")
+        if not settings:
+            return chosen
+        fields = ([f.name for f in dataclasses.fields(chosen)]
+                  if dataclasses.is_dataclass(chosen) else [])
+        typed = {}
+        for key, value in settings.items():
+            if key not in fields:
+                raise ValueError(f"sampler {chosen.name!r} has no setting {key!r}; its settings: "
+                                 f"{', '.join(fields) or 'none'}")
+            kind = type(getattr(chosen, key))
+            try:
+                typed[key] = kind(value) if isinstance(value, str) else value
+            except ValueError:
+                raise ValueError(f"sampler {chosen.name!r} setting {key}={value!r} is not a "
+                                 f"{kind.__name__}") from None
+        return dataclasses.replace(chosen, **typed)
 
     # --- interface ---------------------------------------------------------------------------------
     def prepare(self, window: Tensor, generator=None, t_power: float = 1.0,

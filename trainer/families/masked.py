@@ -7,12 +7,14 @@ import torch
 import torch.nn.functional as F
 
 from trainer.families.base import NoiseFamily, t_column
+from trainer.sampling.remasking import MaskedRemdm
 from trainer.sampling.samplers import MaskedAncestral
 
 
 class Masked(NoiseFamily):
     """Absorbing-state diffusion (MDLM). Weight −α'/(1 − α) = 1/t on masked positions."""
     sampler = MaskedAncestral()
+    other_samplers = (MaskedRemdm(),)                                 # ReMDM remasking
 
     def corrupt(self, x, t, generator=None):
         beta = 1.0 - t_column(self.alpha(t))                          # (B, 1)

@@ -3,6 +3,7 @@
     python -m trainer.sampling.sample --run RUN_ID --steps 64 --n 16 [--out-dir runs] [--seed 0]
                              [--temperature 1.0] [--top-p 1.0] [--greedy-final] [--seq-len T]
                              [--batch-size B] [--device cpu]
+                             [--sampler NAME] [--sampler-settings K=V,...]
                              [--threads N]
 
 RUN_ID is the run's config hash (the directory name under out_dir, RunConfig.run_id(); the MLflow
@@ -30,6 +31,7 @@ from trainer.data.loader import Corpus, load_corpus
 from trainer.model.transformer import Transformer
 from trainer.families.base import NoiseFamily
 from trainer.families.registry import build_family
+from trainer.sampling.job import parse_settings
 from trainer.sampling.samplers import generate
 from trainer.job.train import WEIGHTS
 from trainer.plan import plan
@@ -175,6 +177,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--top-p", type=float, default=1.0, help="nucleus mass in (0, 1] (1 = no truncation)")
     ap.add_argument("--greedy-final", action="store_true",
                     help="diffusion: the last denoising step takes each position's argmax")
+    ap.add_argument("--sampler", default=None,
+                    help="one of the family's samplers by name (default: its own), e.g. masked-remdm")
+    ap.add_argument("--sampler-settings", default="",
+                    help="its settings, KEY=VALUE,... (masked-remdm: schedule=cap|rescale|loop, eta, "
+                         "t_on, t_off, alpha_on)")
     ap.add_argument("--seq-len", type=int, default=None, help="tokens per sample (default: training's)")
     ap.add_argument("--batch-size", type=int, default=None, help="sequences per batch (default: n)")
     ap.add_argument("--device", default="cpu")
@@ -183,15 +190,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
+        settings = parse_settings(args.sampler_settings)
         model, family, cfg, corpus = load_run(find_run(args.out_dir, args.run), args.device)
         res = generate(model, family, n=args.n, seq_len=args.seq_len or cfg.train.seq_len,
                        steps=args.steps, seed=args.seed, temperature=args.temperature,
-                       top_p=args.top_p, greedy_final=args.greedy_final,
+                       top_p=args.top_p, greedy_final=args.greedy_final, sampler=args.sampler,
+                       sampler_settings=settings,
                        device=args.device, batch_size=args.batch_size, start_id=corpus.eot_id)
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"run {cfg.run_id()} family {family.name} size {cfg.size} steps {res.steps} "
+    print(f"run {cfg.run_id()} family {family.name} size {cfg.size} sampler {res.sampler} "
+          f"steps {res.steps} "
           f"nfe {res.nfe} n {args.n} seq_len {res.tokens.shape[1]} "
           f"{res.tokens_per_s():,.0f} tokens/s ({res.seconds:.2f} s)")
     for i, row in enumerate(res.tokens.tolist()):

@@ -7,7 +7,9 @@ own (`NoiseFamily.sampler`, trainer/families/<name>.py), so callers never branch
   k = 0..K (K = `steps`). A step t → s keeps every unmasked token; a masked position is unmasked
   with probability (α_s − α_t) / (1 − α_t) to x ~ p_θ(x | z_t); at s = 0 that probability is 1,
   so no mask survives. Caching: an unconditioned model's output depends on z_t only, so when a
-  step changes no position the previous logits are reused (nfe <= steps).
+  step changes no position the previous logits are reused (nfe <= steps). The masked family also
+  offers ReMDM remasking (trainer/sampling/remasking.py, "masked-remdm"), chosen by name
+  (`generate(..., sampler=...)`, NoiseFamily.pick_sampler).
 - uniform, hybrid: ancestral sampling from the exact reverse posterior marginalised over the
   model's prediction (GIDD, von Rütte et al. 2025; UDLM, Schiff et al.), K model calls.
 - autoregressive: temperature sampling, one position at a time through the model's KV cache.
@@ -51,7 +53,7 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -93,9 +95,11 @@ class Draw:
         p = F.softmax(logits.float() / self.temperature, dim=-1)
         return p if self.top_p >= 1.0 else nucleus(p, self.top_p)
 
-    def label(self, sampler: str) -> str:
-        """The sampler's name with its non-default settings (MLflow tag dlm.sampler)."""
-        parts = [f"T={self.temperature:g}"] if self.temperature != 1.0 else []
+    def label(self, sampler: str, settings: tuple[str, ...] = ()) -> str:
+        """The sampler's name with its own `settings` (Sampler.settings) and the draw's non-default
+        ones (MLflow tag dlm.sampler)."""
+        parts = list(settings)
+        parts += [f"T={self.temperature:g}"] if self.temperature != 1.0 else []
         parts += [f"top_p={self.top_p:g}"] if self.top_p < 1.0 else []
         parts += ["greedy_final"] if self.greedy_final else []
         return f"{sampler}[{','.join(parts)}]" if parts else sampler
@@ -123,6 +127,8 @@ class SampleResult:
     """Model forward passes actually run, summed over batches (KV-cached AR: one per position)."""
     seconds: float
     """Wall time of sampling alone (s): no model loading or decoding to text."""
+    sampler: str = ""
+    """The sampler that drew them with its settings and the draw's (Draw.label; tag dlm.sampler)."""
 
     def tokens_per_s(self) -> float:
         """Generated tokens per second of sampling wall time."""
@@ -140,6 +146,10 @@ class Chunk:
 class Sampler(ABC):
     """Draws one batch of sequences from a model of one noise family."""
     name: str = ""   # logged with every sampling measurement (MLflow tag dlm.sampler)
+
+    def settings(self) -> tuple[str, ...]:
+        """What the label names besides the name (Draw.label), e.g. ('cap', 'eta=0.02')."""
+        return ()
 
     @abstractmethod
     def sample(self, model: nn.Module, family: NoiseFamily, *, n: int, seq_len: int, steps: int,
@@ -281,7 +291,8 @@ class Autoregressive(Sampler):
 def generate(model: nn.Module, family: NoiseFamily, *, n: int, seq_len: int, steps: int, seed: int,
              temperature: float = 1.0, device: str | torch.device = "cpu",
              batch_size: int | None = None, start_id: int | None = None, top_p: float = 1.0,
-             greedy_final: bool = False) -> SampleResult:
+             greedy_final: bool = False, sampler: str | None = None,
+             sampler_settings: Mapping[str, object] | None = None) -> SampleResult:
     """Sample n sequences of seq_len tokens from `model` (a trainer.model.transformer.Transformer of `family`).
 
     steps: denoising steps on the uniform grid t_k = 1 − k/steps (ignored by the AR family, which
@@ -289,10 +300,16 @@ def generate(model: nn.Module, family: NoiseFamily, *, n: int, seq_len: int, ste
     temperature, top_p, greedy_final: a `Draw` (ValueError naming a bad one). batch_size: sequences
     per batch (default n).
     start_id: the token the AR model is conditioned on before its first output (required there,
-    ignored by diffusion). The model is put in eval mode and moved to `device`."""
-    sampler = getattr(family, "sampler", None)
-    if not isinstance(sampler, Sampler):
+    ignored by diffusion). The model is put in eval mode and moved to `device`.
+    sampler, sampler_settings: one of the family's samplers by name (default: its first,
+    NoiseFamily.sampler) with settings that replace its defaults (NoiseFamily.pick_sampler;
+    ValueError naming an unknown one and the known ones)."""
+    if not isinstance(getattr(family, "sampler", None), Sampler):
         raise ValueError(f"family {family.name!r} declares no sampler (NoiseFamily.sampler)")
+    try:
+        chosen = family.pick_sampler(sampler, sampler_settings)
+    except ValueError as exc:
+        raise ValueError(f"family {family.name!r}: {exc}") from None
     for name, value in (("n", n), ("seq_len", seq_len), ("steps", steps)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -305,14 +322,14 @@ def generate(model: nn.Module, family: NoiseFamily, *, n: int, seq_len: int, ste
     gen = torch.Generator(device=device).manual_seed(seed)
     _sync(device)
     t0 = time.perf_counter()
-    chunks = [sampler.sample(model, family, n=min(batch, n - i), seq_len=seq_len, steps=steps,
+    chunks = [chosen.sample(model, family, n=min(batch, n - i), seq_len=seq_len, steps=steps,
                              draw=draw, gen=gen, start_id=start_id)
               for i in range(0, n, batch)]
     _sync(device)
     seconds = time.perf_counter() - t0
     tokens = torch.cat([c.tokens for c in chunks]).cpu()
     return SampleResult(tokens=tokens, steps=chunks[0].steps, nfe=sum(c.nfe for c in chunks),
-                        seconds=seconds)
+                        seconds=seconds, sampler=draw.label(chosen.name, chosen.settings()))
 
 
 def _sync(device: torch.device) -> None:
