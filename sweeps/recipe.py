@@ -246,9 +246,10 @@ SMOKE_SHAPE = dataclasses.replace(   # RECIPE: seconds per run (tests, end-to-en
 # RECIPE: tokens per parameter where each family's isoFLOP minimum sat in three real laptop
 # studies and probes at the grid ends (docs/recipe_calibration.md); masked gets 6 sizes and
 # uniform / interpolating 5, so that a flat or noisy bottom has a higher point on each side.
+# esolm: masked's (at alpha_0 = 1 its loss is MDLM's; only the attention pattern differs).
 LAPTOP_TOKENS_PER_PARAM = (("autoregressive", 40.0), ("masked", 600.0), ("uniform", 400.0),
-                           ("interpolating", 400.0))
-LAPTOP_SIZES_PER_BUDGET = (("masked", 6), ("uniform", 5), ("interpolating", 5))
+                           ("interpolating", 400.0), ("esolm", 600.0))
+LAPTOP_SIZES_PER_BUDGET = (("masked", 6), ("uniform", 5), ("interpolating", 5), ("esolm", 6))
 
 LAPTOP = Recipe(
     name="laptop",
@@ -258,8 +259,13 @@ LAPTOP = Recipe(
         # every family (and interpolating knob); the budget and size fix the tokens.
         # RECIPE: 4 budgets 4/3 apart from 6e11 (where diffusion leaves the unigram level), sizes
         # centred per family; 1.43e12 at the top keeps it within the hour.
+        # RECIPE: AR and 2602.15014's three families (MDLM, Duo, Eso-LM at alpha_0 = 1, as its
+        # scripts/esolm/train.sh trains). The GIDD hybrid's compute-bound study is the
+        # vonruette2025 preset's (5 noise types x 3 budgets): its one b = 0 curve here would
+        # take the estimate from 47 to 61 minutes.
         Sweep(name="compute_bound",
-              grid=Grid(budgets=(6e11, 8e11, 1.07e12, 1.43e12), families=ALL_FAMILIES, knobs=(0.5,),
+              grid=Grid(budgets=(6e11, 8e11, 1.07e12, 1.43e12),
+                        families=tuple(f for f in ALL_FAMILIES if f != "interpolating"), knobs=(0.5,),
                         sizes_per_budget=4, family_sizes_per_budget=LAPTOP_SIZES_PER_BUDGET,
                         tokens_per_param=LAPTOP_TOKENS_PER_PARAM)),
         # Token-bound regime (2512.10858): a fixed pool of unique tokens (train.data_pool_tokens),
@@ -271,8 +277,10 @@ LAPTOP = Recipe(
                         sizes_per_budget=3, pool_tokens=2**17)),
         # The interpolating family's uniform_share from 0 (masked noise) to 1 (uniform) at fixed
         # sizes and budgets. RECIPE: one budget, 3 sizes.
+        # RECIPE: esolm rides along at its trained alpha_0 = 1 (masked noise read in order, one
+        # run per size, no knob): 2602.15014's interpolating family next to 2512.10858's.
         Sweep(name="noise_sweep",
-              grid=Grid(budgets=(1.6e12,), families=("interpolating",),
+              grid=Grid(budgets=(1.6e12,), families=("interpolating", "esolm"),
                         knobs=(0.0, 0.25, 0.5, 0.75, 1.0), sizes_per_budget=3)),
         # Base configs (size x budget x family) of the LR x batch search; the points come from
         # Optuna over `sweeps.search_space("hparams")` (the orchestrator applies them).
@@ -340,7 +348,7 @@ CLUSTER = Recipe(
                         families=("autoregressive", "masked", "uniform"),
                         sizes_per_budget=3, pool_tokens=2**30)),   # RECIPE: 1.07B unique tokens
         Sweep(name="noise_sweep",
-              grid=Grid(budgets=(1e19,), families=("interpolating",),
+              grid=Grid(budgets=(1e19,), families=("interpolating", "esolm"),
                         knobs=(0.0, 0.25, 0.5, 0.75, 1.0), sizes_per_budget=3)),
         Sweep(name="hparams",
               grid=Grid(budgets=(1e17,), families=("autoregressive", "masked"), sizes_per_budget=2),
@@ -370,10 +378,12 @@ VONRUETTE2025_RECIPE = LAPTOP.with_sweeps(
                     sizes_per_budget=3)),
     name="vonruette2025", definitions=VONRUETTE2025)
 
+# RECIPE: its four families at LAPTOP's sizes; budgets 4/3 apart from 5e11 of its FLOPs (LAPTOP's
+# 6e11 ... 1.43e12 with Eso-LM added would estimate 54 min against the 48 allowed).
 SAHOO2026_RECIPE = LAPTOP.with_sweeps(
     Sweep(name="compute_bound",
-          grid=Grid(budgets=(6e11, 8e11, 1.07e12, 1.43e12),
-                    families=("autoregressive", "masked", "uniform"), sizes_per_budget=4,
+          grid=Grid(budgets=(5e11, 6.67e11, 8.89e11, 1.185e12),
+                    families=("autoregressive", "masked", "uniform", "esolm"), sizes_per_budget=4,
                     family_sizes_per_budget=LAPTOP_SIZES_PER_BUDGET,
                     tokens_per_param=LAPTOP_TOKENS_PER_PARAM)),
     name="sahoo2026", definitions=SAHOO2026)
