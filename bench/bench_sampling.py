@@ -4,7 +4,9 @@
   autoregressive sampler with its KV cache (seq_len positions), each the median of --repeats timed
   calls after a warm-up; ratio = family tokens/s ÷ autoregressive-with-cache tokens/s;
 - the autoregressive sampler without a cache (the full prefix re-run per position) as a check of
-  what the cache buys.
+  what the cache buys;
+- Eso-LM's sampler at α₀ = 1 and 0.5 with its KV cache, and at α₀ = 1 without it (the full ordered
+  forward per step): what 2602.15014's cached diffusion steps buy at each step count.
 
 Speed does not depend on the weights, so the models are freshly initialised (masked sampling with
 its logit cache does depend on how many positions change per step; that is a function of the
@@ -22,6 +24,7 @@ import torch
 from core.ladder import model_config
 from trainer.model.transformer import Transformer
 from trainer.families.registry import NoiseConfig, build_family
+from trainer.sampling.esolm import EsoLMSampler
 from trainer.sampling.samplers import generate
 
 FAMILIES = ("masked", "uniform", "interpolating")
@@ -86,6 +89,14 @@ def main(argv=None) -> int:
             tps, nfe = tokens_per_s(model, fam, n=args.n, seq_len=args.seq_len, steps=s,
                                     repeats=args.repeats)
             print(f"{name:<16} {s:>6} {nfe:>5} {tps:>10,.0f} {tps / ar:>8.2f}")
+    eso = build_family(NoiseConfig(family="esolm"), args.vocab)
+    model = _model(args.size, eso, args.seq_len)
+    for sampler in (EsoLMSampler(), EsoLMSampler(kv_cache=False), EsoLMSampler(alpha_0=0.5)):
+        eso.sampler = sampler
+        for s in steps:
+            tps, nfe = tokens_per_s(model, eso, n=args.n, seq_len=args.seq_len, steps=s,
+                                    repeats=args.repeats)
+            print(f"{'esolm':<16} {s:>6} {nfe:>5} {tps:>10,.0f} {tps / ar:>8.2f}  ({sampler.name})")
     return 0
 
 
