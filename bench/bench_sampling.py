@@ -4,7 +4,9 @@
   autoregressive sampler with its KV cache (seq_len positions), each the median of --repeats timed
   calls after a warm-up; ratio = family tokens/s ÷ autoregressive-with-cache tokens/s;
 - the autoregressive sampler without a cache (the full prefix re-run per position) as a check of
-  what the cache buys.
+  what the cache buys;
+- Eso-LM's sampler at α₀ = 1 and 0.5 with its KV cache, and at α₀ = 1 without it (the full ordered
+  forward per step): what 2602.15014's cached diffusion steps buy at each step count.
 
 Speed does not depend on the weights, so the models are freshly initialised (masked sampling with
 its logit cache does depend on how many positions change per step; that is a function of the
@@ -22,7 +24,8 @@ import torch
 from core.ladder import model_config
 from trainer.model.transformer import Transformer
 from trainer.families.registry import NoiseConfig, build_family
-from trainer.sampling.samplers import generate
+from trainer.sampling.esolm import EsoLMSampler
+from trainer.sampling.samplers import Draw, generate
 
 FAMILIES = ("masked", "uniform", "hybrid")
 
@@ -34,8 +37,10 @@ def _model(size: str, family, seq_len: int) -> Transformer:
     return Transformer(cfg).eval()
 
 
-def tokens_per_s(model, family, *, n, seq_len, steps, repeats, start_id=0) -> tuple[float, int]:
-    kw = dict(n=n, seq_len=seq_len, steps=steps, seed=0, start_id=start_id)
+def tokens_per_s(model, family, *, n, seq_len, steps, repeats, start_id=0,
+                 settings=None) -> tuple[float, int]:
+    kw = dict(n=n, seq_len=seq_len, steps=steps, seed=0, start_id=start_id,
+              sampler_settings=settings)
     generate(model, family, **dict(kw, n=1, steps=min(steps, 2)))            # warm-up
     runs = [generate(model, family, **kw) for _ in range(repeats)]
     return n * seq_len / statistics.median(r.seconds for r in runs), runs[0].nfe
@@ -86,6 +91,14 @@ def main(argv=None) -> int:
             tps, nfe = tokens_per_s(model, fam, n=args.n, seq_len=args.seq_len, steps=s,
                                     repeats=args.repeats)
             print(f"{name:<16} {s:>6} {nfe:>5} {tps:>10,.0f} {tps / ar:>8.2f}")
+    eso = build_family(NoiseConfig(family="esolm"), args.vocab)
+    model = _model(args.size, eso, args.seq_len)
+    for settings in ({}, {"kv_cache": False}, {"alpha_0": 0.5}):
+        label = Draw().label(EsoLMSampler.name, EsoLMSampler(**settings).settings())
+        for s in steps:
+            tps, nfe = tokens_per_s(model, eso, n=args.n, seq_len=args.seq_len, steps=s,
+                                    repeats=args.repeats, settings=settings)
+            print(f"{'esolm':<16} {s:>6} {nfe:>5} {tps:>10,.0f} {tps / ar:>8.2f}  ({label})")
     return 0
 
 

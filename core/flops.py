@@ -25,7 +25,9 @@ The attention terms are Chinchilla's (Hoffmann et al. 2022, Appendix F: "logits"
 query reductions", 2·T·d each, so 4·L·T·d per token); Kaplan et al. 2020 (Table 1) count attention
 over the context once, as 2·n_layer·n_ctx·d_attn ("Attention: Mask"), so C_forward = 2N + 2·L·T·d
 there. Attention is counted over the full context for causal models too (no halving for the
-masked half): the count is a property of the architecture, not of a kernel's skipping. Not counted:
+masked half): the count is a property of the architecture, not of a kernel's skipping; so Eso-LM's
+attention, causal over a per-sequence order (trainer/families/esolm.py), counts as masked
+diffusion's under every convention (tests/test_esolm.py checks the logged counts). Not counted:
 the embedding lookup (a gather; Chinchilla App. F counts it as a matmul), norms, softmax (App. F:
 3·H·T), rotary, activations, biases and other elementwise ops. So "matmul" is Chinchilla App. F
 without its embedding and softmax terms. Training = 3 × forward. It is the one to plan budgets

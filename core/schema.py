@@ -19,7 +19,7 @@ Layout of a study in the tracking store
 * One **child run per training job**, tagged ``dlm.role=trial`` with ``mlflow.parentRunId`` set.
 
 Trial tags
-    ``dlm.family``       noise family: "masked", "uniform", "hybrid", "autoregressive".
+    ``dlm.family``       noise family: "masked", "uniform", "hybrid", "esolm", "autoregressive".
     ``dlm.knob``         float as str: the family's knob (hybrid: ``mixing_shift`` b in
                          [−1000, 1000]); "" for families without one. Runs logged before the
                          rename to hybrid have family "interpolating" and its knob p_u there.

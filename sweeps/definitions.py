@@ -91,8 +91,10 @@ VONRUETTE2025 = Definitions(
 
 SAHOO2026 = Definitions(
     name="sahoo2026", flop_convention="sahoo2026",
-    train_loss=(("masked", "ce"), ("uniform", "elbo")),
-    time_cond=(("masked", "none"), ("uniform", "adaln")), cond_dim=128, t_min=1e-3,
+    # Eso-LM: configs/algo/esolm.yaml loss_type low_var, time_conditioning False
+    train_loss=(("masked", "ce"), ("uniform", "elbo"), ("esolm", "ce")),
+    time_cond=(("masked", "none"), ("uniform", "adaln"), ("esolm", "none")), cond_dim=128,
+    t_min=1e-3,
     source="arXiv 2602.15014, s-sahoo/scaling-dllms")
 
 DEFINITIONS: dict[str, Definitions] = {d.name: d for d in (PROJECT, VONRUETTE2025, SAHOO2026)}

@@ -257,20 +257,26 @@ GIDD_SHIFTS = (-1000.0, -2.0, 0.0, 2.0, 1000.0)
 # RECIPE: tokens per parameter where each family's isoFLOP minimum sat in three real laptop
 # studies and probes at the grid ends (docs/recipe_calibration.md); masked gets 6 sizes and
 # uniform / hybrid 5, so that a flat or noisy bottom has a higher point on each side.
+# esolm: masked's (at alpha_0 = 1 its loss is MDLM's; only the attention pattern differs).
 LAPTOP_TOKENS_PER_PARAM = (("autoregressive", 40.0), ("masked", 600.0), ("uniform", 400.0),
-                           ("hybrid", 400.0))
-LAPTOP_SIZES_PER_BUDGET = (("masked", 6), ("uniform", 5), ("hybrid", 5))
+                           ("hybrid", 400.0), ("esolm", 600.0))
+LAPTOP_SIZES_PER_BUDGET = (("masked", 6), ("uniform", 5), ("hybrid", 5), ("esolm", 6))
 
 LAPTOP = Recipe(
     name="laptop",
     shape=LAPTOP_SHAPE,
     sweeps=(
         # IsoFLOP study: per budget, ladder sizes on both sides of the compute-optimal size, for
-        # every family (and hybrid knob); the budget and size fix the tokens.
+        # the families below; the budget and size fix the tokens.
         # RECIPE: 4 budgets 4/3 apart from 6e11 (where diffusion leaves the unigram level), sizes
         # centred per family; 1.43e12 at the top keeps it within the hour.
+        # RECIPE: AR and 2602.15014's three families (MDLM, Duo, Eso-LM at alpha_0 = 1, as its
+        # scripts/esolm/train.sh trains). The GIDD hybrid's compute-bound study is the
+        # vonruette2025 preset's (5 noise types x 3 budgets): its one b = 0 curve here would
+        # take the estimate from 47 to 61 minutes.
         Sweep(name="compute_bound",
-              grid=Grid(budgets=(6e11, 8e11, 1.07e12, 1.43e12), families=ALL_FAMILIES, knobs=(0.0,),
+              grid=Grid(budgets=(6e11, 8e11, 1.07e12, 1.43e12),
+                        families=("autoregressive", "masked", "uniform", "esolm"), knobs=(0.0,),
                         sizes_per_budget=4, family_sizes_per_budget=LAPTOP_SIZES_PER_BUDGET,
                         tokens_per_param=LAPTOP_TOKENS_PER_PARAM)),
         # Token-bound regime (2512.10858): a fixed pool of unique tokens (train.data_pool_tokens),
@@ -281,9 +287,11 @@ LAPTOP = Recipe(
                         families=("autoregressive", "masked", "uniform"),
                         sizes_per_budget=3, pool_tokens=2**17)),
         # The hybrid family's mixing shift b from masked noise (-1000) to uniform (1000) at fixed
-        # sizes and budgets. RECIPE: one budget, 3 sizes, 2512.10858's five noise types.
+        # sizes and budgets. RECIPE: one budget, 3 sizes, 2512.10858's five noise types; esolm
+        # rides along at its trained alpha_0 = 1 (masked noise read in order, one run per size,
+        # no knob): 2602.15014's interpolating family next to 2512.10858's hybrid.
         Sweep(name="noise_sweep",
-              grid=Grid(budgets=(1.6e12,), families=("hybrid",), knobs=GIDD_SHIFTS,
+              grid=Grid(budgets=(1.6e12,), families=("hybrid", "esolm"), knobs=GIDD_SHIFTS,
                         sizes_per_budget=3)),
         # Base configs (size x budget x family) of the LR x batch search; the points come from
         # Optuna over `sweeps.search_space("hparams")` (the orchestrator applies them).
@@ -351,7 +359,7 @@ CLUSTER = Recipe(
                         families=("autoregressive", "masked", "uniform"),
                         sizes_per_budget=3, pool_tokens=2**30)),   # RECIPE: 1.07B unique tokens
         Sweep(name="noise_sweep",
-              grid=Grid(budgets=(1e19,), families=("hybrid",), knobs=GIDD_SHIFTS,
+              grid=Grid(budgets=(1e19,), families=("hybrid", "esolm"), knobs=GIDD_SHIFTS,
                         sizes_per_budget=3)),
         Sweep(name="hparams",
               grid=Grid(budgets=(1e17,), families=("autoregressive", "masked"), sizes_per_budget=2),
@@ -374,10 +382,12 @@ VONRUETTE2025_RECIPE = LAPTOP.with_sweeps(
                     tokens_per_param=LAPTOP_TOKENS_PER_PARAM)),
     name="vonruette2025", definitions=VONRUETTE2025)   # noise_sweep: LAPTOP's, the same five b
 
+# RECIPE: its four families at LAPTOP's sizes; budgets 4/3 apart from 5e11 of its FLOPs (LAPTOP's
+# 6e11 ... 1.43e12 with Eso-LM added would estimate 54 min against the 48 allowed).
 SAHOO2026_RECIPE = LAPTOP.with_sweeps(
     Sweep(name="compute_bound",
-          grid=Grid(budgets=(6e11, 8e11, 1.07e12, 1.43e12),
-                    families=("autoregressive", "masked", "uniform"), sizes_per_budget=4,
+          grid=Grid(budgets=(5e11, 6.67e11, 8.89e11, 1.185e12),
+                    families=("autoregressive", "masked", "uniform", "esolm"), sizes_per_budget=4,
                     family_sizes_per_budget=LAPTOP_SIZES_PER_BUDGET,
                     tokens_per_param=LAPTOP_TOKENS_PER_PARAM)),
     name="sahoo2026", definitions=SAHOO2026)

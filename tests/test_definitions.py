@@ -46,13 +46,15 @@ def test_vonruette2025_runs_train_as_gidd_easydel():
 
 def test_sahoo2026_runs_train_as_scaling_dllms():
     runs = sweeps.expand("compute_bound", preset="sahoo2026")
-    assert {r.noise.family for r in runs} == {"autoregressive", "masked", "uniform"}
+    assert {r.noise.family for r in runs} == {"autoregressive", "masked", "uniform", "esolm"}
     for r in runs:
         assert r.train.flop_convention == "sahoo2026"
         p = plan(r, r.data.vocab_size)
         fam = r.noise.family
-        if fam == "masked":
+        if fam in ("masked", "esolm"):    # MDLM and Eso-LM: low_var CE, no time conditioning
             assert r.noise.resolved_train_loss() == "ce" and p.model_cfg.time_cond == "none"
+        if fam == "esolm":
+            assert r.noise.alpha_0 == 1.0          # scripts/esolm/train.sh algo.alpha_0=1.0
         if fam == "uniform":             # Duo: its ELBO, adaLN from a 128-wide condition
             assert r.noise.resolved_train_loss() == "elbo"
             assert (p.model_cfg.time_cond, p.model_cfg.cond_dim) == ("adaln", 128)

@@ -301,9 +301,16 @@ def test_exact_denoiser_samples_have_the_data_marginal(family_name, steps):
 # --- the contract of generate ---------------------------------------------------------------------
 
 class Counter:
+    """Model calls: forwards and KV-cached decodes (Eso-LM)."""
     def __init__(self, model):
         self.calls = 0
         model.register_forward_hook(lambda *_: setattr(self, "calls", self.calls + 1))
+        decode = model.decode
+
+        def counted(*args, **kw):
+            self.calls += 1
+            return decode(*args, **kw)
+        model.decode = counted
 
 
 @pytest.mark.parametrize("family_name", sorted(FAMILIES))
@@ -322,7 +329,9 @@ def test_steps_nfe_shapes_and_vocabulary(family_name):
             assert res.steps == 12 and res.nfe == 12 * chunks
             continue
         assert res.steps == steps and res.nfe == calls.calls
-        if family_name == "masked":                                 # logits reused when z is unchanged
+        if family_name == "esolm":                                  # one call per step revealing tokens
+            assert chunks <= res.nfe <= (steps + 1) * chunks         # (+1: the schedule's ε remainder)
+        elif family_name == "masked":                               # logits reused when z is unchanged
             assert chunks <= res.nfe <= steps * chunks
             if steps == 40:
                 assert res.nfe <= 12 < steps             # <= 1 + changing steps (<= 11 of them)

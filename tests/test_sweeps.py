@@ -115,7 +115,10 @@ def test_isoflop_curves_bracket_the_compute_optimal_size(preset):
             assert below >= 2 and above >= 2, (budget, family, f_star, fpt)
     if preset in ("laptop", "cluster"):
         assert len(budgets) >= 4
-        assert families == {"autoregressive", "masked", "uniform", "hybrid"}
+    if preset == "laptop":            # AR + 2602.15014's three (the hybrid: vonruette2025's preset)
+        assert families == {"autoregressive", "masked", "uniform", "esolm"}
+    if preset == "cluster":
+        assert families == {"autoregressive", "masked", "uniform", "hybrid", "esolm"}
         assert {k for _, f, k in curves if f == "hybrid"} >= {0.0}        # b = 0: p_u = 0.5
     if preset == "cluster":
         assert min(budgets) >= 1e17 and max(budgets) >= 1e20
@@ -187,9 +190,9 @@ def test_expansion_is_deterministic_and_ordered():
     assert budgets == sorted(budgets)                     # budget -> family -> knob -> size
     first = [r for r in runs if r.train.budget_flops == budgets[0]]
     order = [f for i, f in enumerate(r.noise.family for r in first) if i == 0 or first[i - 1].noise.family != f]
-    assert order == ["autoregressive", "masked", "uniform", "hybrid"]   # each family contiguous
-    # sizes per budget: the recipe's per-family widths (masked 6, uniform / hybrid 5, AR 4)
-    assert [sum(r.noise.family == f for r in first) for f in order] == [4, 6, 5, 5]
+    assert order == ["autoregressive", "masked", "uniform", "esolm"]   # each family contiguous
+    # sizes per budget: the recipe's per-family widths (masked / esolm 6, uniform 5, AR 4)
+    assert [sum(r.noise.family == f for r in first) for f in order] == [4, 6, 5, 6]
 
 
 def test_data_bound_repeats_a_fixed_pool_with_growing_models():
@@ -209,14 +212,18 @@ def test_data_bound_repeats_a_fixed_pool_with_growing_models():
 
 
 def test_noise_sweep_spans_masked_to_uniform():
-    runs = sweeps.expand("noise_sweep")
-    assert {r.noise.family for r in runs} == {"hybrid"}
+    everything = sweeps.expand("noise_sweep")
+    assert {r.noise.family for r in everything} == {"hybrid", "esolm"}
+    runs = [r for r in everything if r.noise.family == "hybrid"]
     knobs = sorted({r.noise.mixing_shift for r in runs})
     assert knobs[0] == -1000.0 and knobs[-1] == 1000.0 and len(knobs) >= 5
     shares = sorted({r.noise.uniform_share() for r in runs})
     assert shares[0] == 0.0 and shares[-1] == 1.0 and len(shares) == len(knobs)
     cells = {(r.size, r.train.budget_flops) for r in runs}
     assert len(runs) == len(cells) * len(knobs)           # every knob at every fixed size/budget
+    eso = [r for r in everything if r.noise.family == "esolm"]   # one run per cell, alpha_0 = 1
+    assert {(r.size, r.train.budget_flops) for r in eso} == cells and len(eso) == len(cells)
+    assert {r.noise.alpha_0 for r in eso} == {1.0}
 
 
 def test_hparams_search_space():

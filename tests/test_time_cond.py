@@ -110,7 +110,7 @@ def test_run_config_time_cond_is_a_named_option_with_family_defaults():
     defaults = {name: RunConfig(noise=NoiseConfig(family=name)).resolved_time_cond()
                 for name in FAMILIES}
     assert defaults == {"autoregressive": "none", "masked": "none", "uniform": "adaln",
-                        "hybrid": "none"}
+                        "hybrid": "none", "esolm": "none"}
     cfg = RunConfig(noise=NoiseConfig(family="masked"), time_cond="adaln", cond_dim=64)
     p = plan(cfg, VOCAB)
     assert (p.model_cfg.time_cond, p.model_cfg.cond_dim) == ("adaln", 64)

@@ -44,6 +44,11 @@ def plan(cfg: RunConfig, vocab_size: int) -> Plan:
     if vocab_size < 2:
         raise ValueError(f"vocab_size must be >= 2, got {vocab_size}")
     spec = FAMILIES[cfg.noise.family]
+    for field, value in spec.train_requires:
+        if getattr(cfg.noise, field) != value:
+            raise ValueError(f"noise.{field}: the {spec.name} family trains at {field} = {value:g} "
+                             f"only (got {getattr(cfg.noise, field):g}; see its line in "
+                             "trainer/families/registry.py); evaluation and sampling take others")
     tc = cfg.train
     mcfg = model_config(cfg.size, vocab_size=spec.input_vocab_size(vocab_size),
                         out_vocab_size=vocab_size, seq_len=tc.seq_len, causal=spec.causal,

@@ -68,10 +68,15 @@ class NoisyBatch:
     t: Tensor | None                # (B,) diffusion time, or (B, T) per token; None for autoregressive
     t_weight: Tensor | None = None  # (B,) importance weight dt/du of t (None = 1)
     loss_mask: Tensor | None = None  # (B, T) bool: positions in the training loss (None = all)
+    attend: Tensor | None = None    # (B, T, T) bool attention pattern (None = the model's own)
+    pos: Tensor | None = None       # (B, T) rotary positions of the inputs (None = 0..T−1)
+    seq: "NoisyBatch | None" = None  # a second pass over the same windows, summed into the
+    # loss and the NELBO (Eso-LM's sequential part, families/esolm.py); its rows are this batch's
 
     def select(self, positions: Tensor) -> "NoisyBatch":
         """The positions of a (B, T) bool mask as a flat batch: every field (n,), per-sequence
-        values repeated per position (what the model's `positions` logits score)."""
+        values repeated per position (what the model's `positions` logits score). The forward's
+        own fields (attend, pos, seq) are not carried."""
         def per_pos(v):
             return None if v is None else self.per_position(v).expand(positions.shape)[positions]
         return NoisyBatch(self.inputs[positions], self.targets[positions], per_pos(self.t),
@@ -79,8 +84,13 @@ class NoisyBatch:
 
     def rows(self, index) -> "NoisyBatch":
         """The sequences `index` (a slice or index tensor) of a (B, ...) batch: a rank's share."""
-        pick = lambda v: None if v is None else v[index]   # noqa: E731
+        def pick(v):
+            return None if v is None else v.rows(index) if isinstance(v, NoisyBatch) else v[index]
         return NoisyBatch(*(pick(getattr(self, f.name)) for f in dataclasses.fields(self)))
+
+    def layout(self) -> dict:
+        """The model's keyword arguments for this batch's attention pattern and positions."""
+        return {k: v for k, v in (("attend", self.attend), ("pos", self.pos)) if v is not None}
 
     def per_position(self, v: Tensor) -> Tensor:
         """A per-sequence (B,) value broadcastable against targets; flat batches hold it per position."""
@@ -192,7 +202,8 @@ class NoiseFamily(ABC):
                                  f"{', '.join(fields) or 'none'}")
             kind = type(getattr(chosen, key))
             try:
-                typed[key] = kind(value) if isinstance(value, str) else value
+                typed[key] = (_text_bool(value) if kind is bool and isinstance(value, str)
+                              else kind(value) if isinstance(value, str) else value)
             except ValueError:
                 raise ValueError(f"sampler {chosen.name!r} setting {key}={value!r} is not a "
                                  f"{kind.__name__}") from None
@@ -322,6 +333,16 @@ class NoiseFamily(ABC):
 
     def _ce_positions(self, batch: NoisyBatch) -> Tensor:
         raise ValueError(f"family {self.name!r} has no cross-entropy training loss")
+
+
+def _text_bool(text: str) -> bool:
+    """A sampler setting's bool from CLI text (bool("false") would be True)."""
+    low = text.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(text)
 
 
 def _independent_t(t: Tensor, shape: torch.Size, share: float, t_min: float, generator) -> Tensor:

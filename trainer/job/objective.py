@@ -20,16 +20,29 @@ def forward(model: nn.Module, batch: NoisyBatch, positions: torch.Tensor | None 
     models get t; others ignore it."""
     conditioned = takes_t(getattr(model, "module", model).cfg)     # unwrap a DeepSpeed engine
     t = batch.model_t() if conditioned else None
-    return model(batch.inputs, t) if positions is None else model(batch.inputs, t, positions)
+    layout = batch.layout()                                       # Eso-LM's ordered attention
+    if positions is None:
+        return model(batch.inputs, t, **layout)
+    return model(batch.inputs, t, positions, **layout)
 
 
 def loss(model: nn.Module, family: NoiseFamily, batch: NoisyBatch,
          normalizer: float | None = None) -> torch.Tensor:
     """Training loss (scalar) of a prepared batch; logits only where the family scores (see
-    NoiseFamily.scored_positions and .loss for `normalizer`)."""
-    positions = family.scored_positions(batch)
-    return family.loss(forward(model, batch, positions), batch, normalizer=normalizer,
-                       positions=positions)
+    NoiseFamily.scored_positions and .loss for `normalizer`). A batch's second pass (`seq`) adds
+    its sum over the same normaliser: per token of the windows, not of the pass's inputs."""
+    normalizer = family.loss_count(batch) if normalizer is None else normalizer
+    parts = []
+    for part in _passes(batch):
+        positions = family.scored_positions(part)
+        parts.append(family.loss(forward(model, part, positions), part, normalizer=normalizer,
+                                 positions=positions))
+    return parts[0] if len(parts) == 1 else torch.stack(parts).sum()
+
+
+def _passes(batch: NoisyBatch) -> list[NoisyBatch]:
+    """The batch and its second pass, if any (NoisyBatch.seq)."""
+    return [batch] if batch.seq is None else [batch, batch.seq]
 
 
 def batch_loss(model: nn.Module, family: NoiseFamily, window: torch.Tensor,
@@ -60,10 +73,12 @@ def evaluate(model: nn.Module, family: NoiseFamily, windows: np.ndarray, *, seed
         for i in range(0, x.shape[0], batch_size):
             full = family.prepare(x[i:i + batch_size], gen, t_power=VAL_T_POWER, training=False)
             batch = _rows(full, rank, world)
-            positions = family.scored_positions(batch)               # the rest contribute 0
-            nelbo = family.nelbo(forward(model, batch, positions), batch, positions)
-            acc += torch.tensor([nelbo.double().sum().item(), batch.targets.numel()],
-                                dtype=torch.float64)
+            total = 0.0
+            for part in _passes(batch):                              # Eso-LM: + sequential part
+                positions = family.scored_positions(part)            # the rest contribute 0
+                total += family.nelbo(forward(model, part, positions), part, positions
+                                      ).double().sum().item()
+            acc += torch.tensor([total, batch.targets.numel()], dtype=torch.float64)
     if world > 1:
         torch.distributed.all_reduce(acc)
     model.train(was_training)

@@ -28,8 +28,11 @@ class KVCache:
     """Keys/values of every layer for positions [0, length) of a causal model: incremental decoding
     (`Transformer.decode`) costs one new position per step instead of re-running the prefix."""
 
-    def __init__(self, cfg: ModelConfig, batch: int, device=None, dtype=torch.float32) -> None:
-        if not cfg.causal or takes_t(cfg):
+    def __init__(self, cfg: ModelConfig, batch: int, device=None, dtype=torch.float32,
+                 ordered: bool = False) -> None:
+        """ordered: the model attends causally over an order of the caller's (Eso-LM), so a
+        non-causal config may decode in that order."""
+        if not (cfg.causal or ordered) or takes_t(cfg):
             raise ValueError("a KV cache needs a causal model without time conditioning "
                              f"(causal={cfg.causal}, time_cond={cfg.time_cond})")
         shape = (batch, cfg.n_head, cfg.seq_len, cfg.head_dim())

@@ -73,8 +73,10 @@ def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
 class Attention(nn.Module):
     """Multi-head self-attention: fused QKV, rotary q/k, SDPA, output projection; no biases.
 
-    `cache` (sampling only): x holds positions [start, start + T) of a causal model; their k, v are
-    appended to the cache and q attends to every cached position up to its own.
+    `cache` (sampling only): x holds slots [start, start + T) of a causal model; their k, v are
+    written to the cache and q attends to every cached slot up to its own. `attend` (B, 1, T, T)
+    bool, True where query i may read key j, replaces the config's causal/bidirectional pattern
+    (Eso-LM's attention over a per-sequence order, trainer/families/esolm.py).
     """
 
     def __init__(self, cfg: ModelConfig) -> None:
@@ -85,12 +87,14 @@ class Attention(nn.Module):
 
     def forward(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-        cache: LayerCache | None = None, start: int = 0,
+        cache: LayerCache | None = None, start: int = 0, attend: torch.Tensor | None = None,
     ) -> torch.Tensor:
         B, T, d = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.n_head, d // self.n_head).permute(2, 0, 3, 1, 4)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)  # (B, H, T, D) each
-        if cache is None:
+        if attend is not None:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attend)       # (B, H, T, D)
+        elif cache is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)  # (B, H, T, D)
         else:
             k, v = cache.extend(k, v, start)  # (B, H, start + T, D) each
@@ -157,15 +161,15 @@ class Block(nn.Module):
 
     def forward(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, c: torch.Tensor | None,
-        cache: LayerCache | None = None, start: int = 0,
+        cache: LayerCache | None = None, start: int = 0, attend: torch.Tensor | None = None,
     ) -> torch.Tensor:
         if self.ada is None:
-            x = x + self.attn(self.norm1(x), cos, sin, cache, start)
+            x = x + self.attn(self.norm1(x), cos, sin, cache, start, attend)
             return x + self.mlp(self.norm2(x))
         mods = self.ada(c)[:, None, :].chunk(6, dim=-1)  # six (B, 1, d)
         shift1, scale1, gate1, shift2, scale2, gate2 = mods
         h = modulate(self.norm1(x), shift1, scale1)
-        x = x + (1 + gate1) * self.attn(h, cos, sin, cache, start)
+        x = x + (1 + gate1) * self.attn(h, cos, sin, cache, start, attend)
         return x + (1 + gate2) * self.mlp(modulate(self.norm2(x), shift2, scale2))
 
 
@@ -221,13 +225,18 @@ class Transformer(nn.Module):
             nn.init.zeros_(self.ada_f.bias)
 
     def forward(self, idx: torch.Tensor, t: torch.Tensor | None = None,
-                positions: torch.Tensor | None = None) -> torch.Tensor:
+                positions: torch.Tensor | None = None, *, attend: torch.Tensor | None = None,
+                pos: torch.Tensor | None = None) -> torch.Tensor:
         """idx (B, T) token ids < vocab_size; t (B,) diffusion time in [0, 1] iff conditioned.
         Logits (B, T, V_out); with `positions` (a (B, T) bool mask) only those rows, (n, V_out) in
         row-major order: the output head, the widest matmul of a small model, runs only where the
-        loss can be non-zero (masked diffusion scores its masked positions only)."""
+        loss can be non-zero (masked diffusion scores its masked positions only).
+        `attend` (B, T, T) bool: query i reads key j where True, instead of cfg.causal's pattern;
+        `pos` (B, T) long: each input's rotary position (default 0..T−1). Eso-LM passes both
+        (trainer/families/esolm.py); with `pos`, T may exceed seq_len (its two-stream pass is 2T
+        long), but no position may."""
         B, T = idx.shape
-        if T > self.cfg.seq_len:
+        if pos is None and T > self.cfg.seq_len:
             raise ValueError(f"sequence length {T} exceeds seq_len {self.cfg.seq_len}")
         if (self.time_widths is not None) != (t is not None):
             raise ValueError(
@@ -240,10 +249,12 @@ class Transformer(nn.Module):
                 raise ValueError(f"t must have shape ({B},), got {tuple(t.shape)}")
             emb = timestep_embedding(t, self.time_widths[0]).to(self.embed.weight.dtype)  # (B, F)
             c = F.silu(self.time_mlp(emb))  # (B, c); every adaLN linear reads silu(c), as in DiT
-        cos, sin = self.rope_cos[:T], self.rope_sin[:T]  # (T, D/2)
+        cos, sin = self._rotary(T, pos)
+        if attend is not None:
+            attend = attend[:, None]                                 # (B, 1, T, T): every head
         x = self.embed(idx)  # (B, T, d)
         for block in self.blocks:
-            x = block(x, cos, sin, c)
+            x = block(x, cos, sin, c, attend=attend)
         x = self.norm_f(x)
         if c is not None:
             shift, scale = self.ada_f(c)[:, None, :].chunk(2, dim=-1)  # (B, 1, d) each
@@ -254,19 +265,36 @@ class Transformer(nn.Module):
             x = x[positions]  # (n, d)
         return self.head(x)  # (B, T, V_out), or (n, V_out)
 
-    def decode(self, idx: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        """Incremental causal forward (sampling only): idx (B, T) are the tokens at absolute
-        positions [cache.length, cache.length + T); returns their logits (B, T, V_out), equal to
-        the full causal forward's at those positions, and appends their keys/values to `cache`."""
+    def _rotary(self, T: int, pos: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin for T inputs: (T, D/2) at positions 0..T−1, or (B, 1, T, D/2) at `pos` (B, T)."""
+        if pos is None:
+            return self.rope_cos[:T], self.rope_sin[:T]
+        if int(pos.max()) >= self.cfg.seq_len or int(pos.min()) < 0:
+            raise ValueError(f"positions must be in [0, {self.cfg.seq_len}), got "
+                             f"[{int(pos.min())}, {int(pos.max())}]")
+        return self.rope_cos[pos][:, None], self.rope_sin[pos][:, None]
+
+    def decode(self, idx: torch.Tensor, cache: KVCache, pos: torch.Tensor | None = None,
+               keep: int | None = None) -> torch.Tensor:
+        """Incremental causal forward (sampling only): idx (B, T) are the tokens of cache slots
+        [cache.length, cache.length + T); each attends to every slot up to its own. Returns their
+        logits (B, T, V_out), equal to the full causal forward's at those slots, and writes their
+        keys/values to `cache`, of which the first `keep` (default all) count as decoded.
+        Slots are positions (the AR baseline) unless `pos` (B, T) gives each token's rotary
+        position: Eso-LM decodes in a per-sequence order and keeps only its clean tokens' entries
+        (trainer/sampling/esolm.py)."""
         B, T = idx.shape
         start = cache.length
         if start + T > self.cfg.seq_len:
             raise ValueError(f"decoding to position {start + T} exceeds seq_len {self.cfg.seq_len}")
-        cos, sin = self.rope_cos[start : start + T], self.rope_sin[start : start + T]  # (T, D/2)
+        if pos is None:
+            cos, sin = self.rope_cos[start : start + T], self.rope_sin[start : start + T]  # (T, D/2)
+        else:
+            cos, sin = self._rotary(T, pos)
         x = self.embed(idx)  # (B, T, d)
         for block, layer in zip(self.blocks, cache.layers):
             x = block(x, cos, sin, None, layer, start)
-        cache.length = start + T
+        cache.length = start + (T if keep is None else keep)
         return self.head(self.norm_f(x))  # (B, T, V_out)
 
     def num_params(self, non_embedding: bool = True) -> int:
