@@ -208,7 +208,10 @@ def test_training_needs_alpha_0_one_and_bad_values_are_named():
     cfg = RunConfig.from_dict({"size": "L1-d8", "noise": {"family": "esolm", "alpha_0": 0.5}})
     with pytest.raises(ValueError, match="noise.alpha_0"):
         plan(cfg, 512)
-    assert plan(RunConfig.from_dict({"size": "L1-d8", "noise": {"family": "esolm"}}), 512).steps > 0
+    ok = RunConfig.from_dict({"size": "L1-d8", "noise": {"family": "esolm"}})
+    assert plan(ok, 512).steps > 0
+    as_int = RunConfig.from_dict({"size": "L1-d8", "noise": {"family": "esolm", "alpha_0": 1}})
+    assert as_int.run_id() == ok.run_id()               # `--set noise.alpha_0=1` is the same run
 
 
 def test_trains_through_the_deepspeed_engine_zero3(tmp_path):

@@ -211,7 +211,9 @@ class NoiseConfig:
             raise ValueError(f"noise.family: unknown family {self.family!r}; known: {sorted(FAMILIES)}")
         if not 0.0 < self.eps < 0.5:
             raise ValueError(f"noise.eps must be in (0, 0.5), got {self.eps}")
-        for name in {spec.knob.field for spec in FAMILIES.values() if spec.knob is not None}:
+        floats = {spec.knob.field for spec in FAMILIES.values() if spec.knob is not None}
+        floats |= {field for spec in FAMILIES.values() for field, _ in spec.train_requires}
+        for name in floats:
             value = getattr(self, name)       # `--set noise.mixing_shift=-2` parses as an int:
             if isinstance(value, int) and not isinstance(value, bool):   # the run of -2.0
                 object.__setattr__(self, name, float(value))
