@@ -242,6 +242,8 @@ def main(argv=None) -> int:
             runner.hold_signals()                   # the cleanup below records the outcome: finish it
             ray.shutdown()                          # ends every trial still training
         if tracking is not None and parent is not None:
+            if out.interrupted:
+                out.count_late(tracking.finished(configs))
             status = "KILLED" if out.interrupted else "FINISHED" if out.complete() else "FAILED"
             # cut off = started here and never reported an end (a run that ended BUSY, or one never
             # started here, may belong to another live writer: not ours to close)

@@ -185,6 +185,15 @@ class Outcome:
     def complete(self) -> bool:
         return not (self.failed or self.not_finished or self.not_run or self.interrupted)
 
+    def count_late(self, finished: set[str]) -> None:
+        """After an interrupt: runs that this invocation started and MLflow holds FINISHED but whose
+        end never reached Tune (the signal came between the trial's last write and its report)
+        count as finished, not as not run (what a resume then skips)."""
+        late = (finished & self.started) - self.ended
+        self.finished += len(late)
+        self.ended |= late
+        self.not_run = max(0, self.not_run - len(late))
+
 
 def progress_callback(total: int, done_before: int, out: Outcome, resolve=None, eta=None):
     """`resolve(trial.config) -> RunConfig` (default: the trial's 'run' entry); `eta`: a

@@ -27,3 +27,12 @@ def test_sweep_clock_learns_the_ratio_from_runs_trained_from_scratch_only():
     assert "4.2 min elapsed, ~2.1 min left (runs take 2.50x the estimate)" in clock.line()
     clock.ended("b", None)                                        # failed / resumed: no calibration
     assert clock.ratio() == pytest.approx(2.5)
+
+
+def test_interrupt_counts_runs_mlflow_finished_before_tune_heard():
+    """A SIGINT between a trial's FINISHED write and its report to Tune: the summary counts it as
+    finished (what a resume skips), not as not run; runs not started here are not counted."""
+    from orchestrator.runner import Outcome
+    out = Outcome(finished=1, not_run=2, interrupted="SIGINT", started={"a", "b", "c"}, ended={"a"})
+    out.count_late({"a", "b", "x"})
+    assert (out.finished, out.not_run, out.ended) == (2, 1, {"a", "b"})
