@@ -16,19 +16,10 @@ from trainer.families.registry import NoiseConfig, build_family
 from trainer.job.objective import evaluate, loss
 from trainer.model.transformer import Transformer
 from trainer.sampling.esolm import reveal_counts
-from trainer.sampling.samplers import Draw, generate
-
-V = 6
-
-
-@pytest.fixture(scope="module")
-def p():
-    g = torch.Generator().manual_seed(0)
-    return torch.softmax(torch.randn(V, generator=g, dtype=torch.float64), 0)
+from trainer.sampling.samplers import generate
+from tests.test_noise import V, entropy, p  # noqa: F401  (p: the unigram fixture over V tokens)
 
 
-def entropy(p):
-    return -(p * p.log()).sum().item()
 
 
 def exact_esolm_nelbo(fam, p, n_t=4000):

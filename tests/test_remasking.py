@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.test_sampling import IIDOracle, V, tiny_model
+from tests.test_sampling import IIDOracle, V, one_thread, tiny_model  # noqa: F401 (autouse)
 from trainer.families.registry import NoiseConfig, build_family
 from trainer.sampling.remasking import SCHEDULES, MaskedRemdm, sigma_max
 from trainer.sampling.samplers import MaskedAncestral, generate
@@ -18,14 +18,6 @@ P = torch.tensor([0.4, 0.2, 0.15, 0.1, 0.06, 0.05, 0.03, 0.01])
 # one strong setting per schedule: remasking is frequent enough to matter at 16 steps
 STRONG = {"cap": {"schedule": "cap", "eta": 0.3}, "rescale": {"schedule": "rescale", "eta": 0.8},
           "loop": {"schedule": "loop", "eta": 0.1, "t_on": 0.7, "t_off": 0.2, "alpha_on": 0.5}}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 class Recorder(IIDOracle):

@@ -38,16 +38,20 @@ Registry line: trainer/families/registry.py. The interface: trainer/families/bas
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from trainer.families.base import NoiseFamily, NoisyBatch, t_column
+from trainer.families.base import NoisyBatch
+from trainer.families.masked import Masked
 from trainer.sampling.esolm import EsoLMSampler
 
 
-class EsoLM(NoiseFamily):
-    """Eso-LM: MDLM on the schedule α₀·α_t with ordered causal attention, plus the sequential part."""
+class EsoLM(Masked):
+    """Eso-LM: MDLM on the schedule α₀·α_t with ordered causal attention, plus the sequential part.
+    Like the reference's EsoLM(MDLM) it keeps masked diffusion's corruption, marginal and scored
+    positions (the masked ones, in both passes: the x stream never holds a mask), all read through
+    its own α_t; its samplers are its own (masked's ignore the ordered attention)."""
     sampler = EsoLMSampler()
+    other_samplers = ()
 
     @property
     def alpha_0(self) -> float:
@@ -81,15 +85,6 @@ class EsoLM(NoiseFamily):
         return NoisyBatch(inputs=torch.cat([z0, x], 1), targets=torch.cat([x, x], 1), t=None,
                           loss_mask=loss_mask, attend=two_stream_attention(ranks), pos=pos)
 
-    def corrupt(self, x, t, generator=None):
-        beta = 1.0 - t_column(self.alpha(t))
-        u = torch.rand(x.shape, generator=generator, device=x.device)
-        return torch.where(u < beta, torch.full_like(x, self.mask_id), x)
-
-    def marginal(self, x, t):
-        a = self.alpha(t)[..., None]
-        return torch.cat([a * F.one_hot(x, self.V), (1 - a).expand(*x.shape, 1)], -1)
-
     def elbo_terms(self, log_probs, x, z, t):
         """Diffusion positions (t given): MDLM's weight −α'/(1 − α) on masked ones. Sequential
         positions (t None: the two-stream pass): weight 1 on the masked ones of z_0."""
@@ -101,11 +96,6 @@ class EsoLM(NoiseFamily):
         w = torch.where(is_mask, -da / (1.0 - a), torch.zeros_like(a))
         return w.expand_as(nll), nll
 
-    def scored_positions(self, batch):
-        # masked positions only, in both passes (the x stream never holds a mask)
-        return batch.inputs == self.mask_id
-
-    _ce_positions = scored_positions
 
 
 def diffusion_ranks(masked: Tensor, generator=None) -> Tensor:
