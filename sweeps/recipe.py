@@ -255,9 +255,8 @@ SMOKE_SHAPE = dataclasses.replace(   # RECIPE: seconds per run (tests, end-to-en
 GIDD_SHIFTS = (-1000.0, -2.0, 0.0, 2.0, 1000.0)
 
 # RECIPE: tokens per parameter where each family's isoFLOP minimum sat in three real laptop
-# studies and probes at the grid ends (docs/recipe_calibration.md); masked gets 6 sizes and
-# uniform / hybrid 5, so that a flat or noisy bottom has a higher point on each side.
-# esolm: masked's (at alpha_0 = 1 its loss is MDLM's; only the attention pattern differs).
+# studies and probes at the grid ends (docs/recipe_calibration.md); masked and esolm (MDLM's
+# loss at alpha_0 = 1) get 6 sizes, uniform / hybrid 5: a flat bottom has a higher point each side.
 LAPTOP_TOKENS_PER_PARAM = (("autoregressive", 40.0), ("masked", 600.0), ("uniform", 400.0),
                            ("hybrid", 400.0), ("esolm", 600.0))
 LAPTOP_SIZES_PER_BUDGET = (("masked", 6), ("uniform", 5), ("hybrid", 5), ("esolm", 6))
@@ -266,14 +265,11 @@ LAPTOP = Recipe(
     name="laptop",
     shape=LAPTOP_SHAPE,
     sweeps=(
-        # IsoFLOP study: per budget, ladder sizes on both sides of the compute-optimal size, for
-        # the families below; the budget and size fix the tokens.
-        # RECIPE: 4 budgets 4/3 apart from 6e11 (where diffusion leaves the unigram level), sizes
-        # centred per family; 1.43e12 at the top keeps it within the hour.
-        # RECIPE: AR and 2602.15014's three families (MDLM, Duo, Eso-LM at alpha_0 = 1, as its
-        # scripts/esolm/train.sh trains). The GIDD hybrid's compute-bound study is the
-        # vonruette2025 preset's (5 noise types x 3 budgets): its one b = 0 curve here would
-        # take the estimate from 47 to 61 minutes.
+        # IsoFLOP study: per budget, sizes on both sides of the compute-optimal one (budget and
+        # size fix the tokens). RECIPE: 4 budgets 4/3 apart from 6e11 (where diffusion leaves the
+        # unigram level), sizes centred per family, 1.43e12 at the top: within the hour. AR +
+        # 2602.15014's MDLM, Duo, Eso-LM (alpha_0 = 1: its train.sh); the hybrid's study is
+        # vonruette2025's (its b = 0 curve here: 61 min estimated instead of 47).
         Sweep(name="compute_bound",
               grid=Grid(budgets=(6e11, 8e11, 1.07e12, 1.43e12),
                         families=("autoregressive", "masked", "uniform", "esolm"), knobs=(0.0,),
@@ -286,10 +282,9 @@ LAPTOP = Recipe(
               grid=Grid(budgets=(1e12, 2e12, 4e12),
                         families=("autoregressive", "masked", "uniform"),
                         sizes_per_budget=3, pool_tokens=2**17)),
-        # The hybrid family's mixing shift b from masked noise (-1000) to uniform (1000) at fixed
-        # sizes and budgets. RECIPE: one budget, 3 sizes, 2512.10858's five noise types; esolm
-        # rides along at its trained alpha_0 = 1 (masked noise read in order, one run per size,
-        # no knob): 2602.15014's interpolating family next to 2512.10858's hybrid.
+        # The hybrid's mixing shift b from masked (-1000) to uniform (1000) at fixed sizes and
+        # budgets. RECIPE: one budget, 3 sizes, 2512.10858's five noise types; esolm at its trained
+        # alpha_0 = 1 alongside (one run per size, no knob).
         Sweep(name="noise_sweep",
               grid=Grid(budgets=(1.6e12,), families=("hybrid", "esolm"), knobs=GIDD_SHIFTS,
                         sizes_per_budget=3)),
