@@ -137,6 +137,14 @@ TAG_RESUME = "dlm.resume"
 TAG_SUPERSEDED_BY = "dlm.superseded_by"
 TAG_FINAL_VAL_NELBO = "dlm.final_val_nelbo"
 TAG_WEIGHTS = "dlm.weights"
+# trajectory studies (one run, many budgets: sweeps/trajectory.py, trainer/job/trajectory.py)
+TAG_TRAJECTORY = "dlm.trajectory"                  # TRAJ_TRUNK | TRAJ_BRANCH; absent = one run per point
+TRAJ_TRUNK = "trunk"                               # constant-LR run read off at several budgets
+TRAJ_BRANCH = "branch"                             # decay branch forked from a trunk's checkpoint
+TAG_TRUNK = "dlm.trunk"                            # the trunk's dlm.run_id (on trunks and branches)
+TAG_READOFF = "dlm.readoff"                        # the study's read-off: READOFF_CONSTANT | READOFF_BRANCHES
+READOFF_CONSTANT = "constant"                      # points = trunk evaluations x a measured cooldown factor
+READOFF_BRANCHES = "branches"                      # points = decay branches' final evaluations
 
 # --- parent (study) tags --------------------------------------------------------------------------
 TAG_SWEEP_ID = "dlm.sweep_id"
@@ -188,6 +196,7 @@ METRIC_TOKENS_PER_S = "tokens_per_s"               # trials: trained tokens/s; s
 METRIC_MFU = "mfu"
 METRIC_EPOCH = "epoch"
 METRIC_LR = "lr"
+METRIC_READOFF = "readoff_budget"                  # trunks: logged at each read-off evaluation = its budget
 
 # --- sampling metrics (step = denoising steps) ----------------------------------------------------
 METRIC_LATENCY_S = "latency_s"
