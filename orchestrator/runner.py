@@ -67,7 +67,7 @@ def run_trial(config: dict) -> None:
     """The Tune trainable (runs in a Ray worker process)."""
     from ray import tune
 
-    from trainer.job.train import train
+    from trainer.job.train import train_trajectory
 
     cfg = RunConfig.from_dict(config["run"])
     if cfg.engine.workers > 1:
@@ -81,7 +81,7 @@ def run_trial(config: dict) -> None:
     def report(point: dict) -> None:
         tune.report({"event": "eval", **point})
 
-    res = train(cfg, progress=False, on_eval=report)
+    res = train_trajectory(cfg, progress=False, on_eval=report)    # a trunk: then its branches
     if res.mlflow_run_id and res.status != "SKIPPED":
         _tag_node(cfg, res.mlflow_run_id, node)
     tune.report(_done(res, time.perf_counter() - t0))
@@ -126,7 +126,7 @@ def _worker_loop(config: dict) -> None:
     (ray.train.report is a barrier all ranks reach equally often); Tune sees rank 0's reports."""
     import ray.train
 
-    from trainer.job.train import train
+    from trainer.job.train import train_trajectory
 
     cfg = RunConfig.from_dict(config["run"])
     rank = ray.train.get_context().get_world_rank()
@@ -138,7 +138,7 @@ def _worker_loop(config: dict) -> None:
     def report(point: dict) -> None:
         ray.train.report({"event": "eval", **point})
 
-    res = train(cfg, progress=False, on_eval=report)
+    res = train_trajectory(cfg, progress=False, on_eval=report)
     if rank == 0 and res.mlflow_run_id and res.status != "SKIPPED":
         _tag_node(cfg, res.mlflow_run_id, _node_id())
     ray.train.report(_done(res, time.time() - config["t0"]))

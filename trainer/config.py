@@ -19,7 +19,8 @@ from core.flops import CONVENTIONS
 from core.ladder import COND_DIM, LADDER, MLP_HIDDEN, TIME_CONDS
 from trainer.families.registry import FAMILIES, NoiseConfig
 
-SCHEDULES = ("cosine", "wsd")
+SCHEDULES = ("cosine", "wsd", "constant")
+READOFFS = ("constant", "branches")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -39,7 +40,23 @@ class TrainConfig:
     decay_frac: float = 0.2
     """WSD only: fraction of steps in the final linear decay."""
     schedule: str = "cosine"
-    """'cosine' (warmup + cosine to min_lr_ratio) or 'wsd' (warmup–stable–decay)."""
+    """'cosine' (warmup + cosine to min_lr_ratio), 'wsd' (warmup–stable–decay) or 'constant'
+    (warmup, then the peak LR to the end: a trajectory study's trunk)."""
+    warmup_steps: int | None = None
+    """Set: this many warmup steps instead of warmup_frac of the run's own (a trunk and its decay
+    branches share one warmup, fixed by the sweep)."""
+    readoffs: tuple[float, ...] = ()
+    """Trajectory trunk: budgets (FLOPs, <= budget_flops) at whose step the run also evaluates and
+    logs core.schema.METRIC_READOFF = the budget; each is a point of the study."""
+    forks: tuple[float, ...] = ()
+    """Trajectory trunk: budgets (each in readoffs or = budget_flops) whose decay branch forks from
+    this run: it keeps a checkpoint at each branch's fork step (trainer.plan.branch_config)."""
+    trunk_id: str | None = None
+    """Decay branch: the run id of the trunk it forks from (at step steps − decay_frac × steps,
+    from out_dir/<trunk_id>/forks/); trained from step 0 when that checkpoint is missing."""
+    readoff: str | None = None
+    """The study's read-off (trunks and branches): 'constant' (points = trunk evaluations × a
+    measured cooldown factor) or 'branches' (points = decay branches); None = one run per point."""
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.95
@@ -71,6 +88,7 @@ class TrainConfig:
                 raise ValueError(f"train.{name} must be in [0, 1], got {getattr(self, name)}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"train.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        self._check_trajectory()
         if self.flop_convention not in CONVENTIONS:
             raise ValueError(f"train.flop_convention must be one of {sorted(CONVENTIONS)}, "
                              f"got {self.flop_convention!r}")
@@ -82,6 +100,36 @@ class TrainConfig:
         if self.data_pool_tokens is not None and self.data_pool_tokens <= self.seq_len:
             raise ValueError(f"train.data_pool_tokens must exceed seq_len ({self.seq_len}), "
                              f"got {self.data_pool_tokens}")
+
+
+    def _check_trajectory(self) -> None:
+        if self.warmup_steps is not None and self.warmup_steps < 1:
+            raise ValueError(f"train.warmup_steps must be a positive int or null, got {self.warmup_steps}")
+        if self.readoff is not None and self.readoff not in READOFFS:
+            raise ValueError(f"train.readoff must be one of {READOFFS} or null, got {self.readoff!r}")
+        for name in ("readoffs", "forks"):
+            values = tuple(getattr(self, name))
+            object.__setattr__(self, name, values)
+            for b in values:
+                if isinstance(b, bool) or not isinstance(b, (int, float)) or not (
+                        0 < b <= self.budget_flops and math.isfinite(b)):
+                    raise ValueError(f"train.{name}: {b!r} must be a FLOP budget in "
+                                     f"(0, train.budget_flops = {self.budget_flops:.4g}]")
+            if len(set(values)) != len(values):
+                raise ValueError(f"train.{name} must not repeat: {values}")
+        stray = [b for b in self.forks if b not in self.readoffs and b != self.budget_flops]
+        if stray:
+            raise ValueError(f"train.forks: {stray} are not read-off budgets (train.readoffs)")
+        if (self.readoffs or self.forks) and self.schedule != "constant":
+            raise ValueError("train.readoffs / train.forks: a trunk trains at train.schedule = "
+                             f"'constant' (got {self.schedule!r}): read-offs of a decaying LR are "
+                             "not the loss of a run to that budget")
+        if self.forks and self.warmup_steps is None:
+            raise ValueError("train.forks: a trunk's branches share its warmup, so it is set in "
+                             "steps: train.warmup_steps must be set")
+        if self.trunk_id is not None and self.schedule != "wsd":
+            raise ValueError(f"train.trunk_id: a decay branch trains at train.schedule = 'wsd' "
+                             f"(got {self.schedule!r})")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -207,6 +255,11 @@ class RunConfig:
         # What the model does, not how the default was reached: a family whose default changes
         # gets new run ids instead of resuming (or skipping as finished) the old model's runs.
         d["time_cond"] = self.resolved_time_cond()
+        # Fields added with trajectory studies leave a run that does not use them its old id
+        # (a store written before them still resumes and skips its finished runs).
+        for name in _LATER_TRAIN_FIELDS:
+            if d["train"][name] == _TRAIN_DEFAULTS[name]:
+                del d["train"][name]
         return d
 
     def run_id(self) -> str:
@@ -258,6 +311,9 @@ class RunConfig:
         walk("", self.to_dict())
         return out
 
+
+_LATER_TRAIN_FIELDS = ("warmup_steps", "readoffs", "forks", "trunk_id", "readoff")
+_TRAIN_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
 
 _SECTIONS = {"noise": NoiseConfig, "data": DataConfig, "train": TrainConfig, "engine": EngineConfig,
              "io": IOConfig}

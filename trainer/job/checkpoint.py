@@ -45,6 +45,18 @@ def ckpt_root(out_dir: str, run_id: str) -> Path:
     return Path(out_dir) / run_id / "ckpt"
 
 
+KEEP_ALL = 1 << 30   # keep: never rotate out (a trunk's fork checkpoints)
+
+
+def fork_root(out_dir: str, run_id: str) -> Path:
+    """A trajectory trunk's checkpoints that decay branches start from (one per branch)."""
+    return Path(out_dir) / run_id / "forks"
+
+
+def fork_tag(step: int) -> str:
+    return _tag(step)
+
+
 def _tag(step: int) -> str:
     return f"step{step:08d}"
 
@@ -82,11 +94,14 @@ class Resume:
     state: dict | None = None                  # the loaded tag's state.json; None = fresh engine
     tag: str | None = None
     broken: list[str] = field(default_factory=list)    # "tag (error)" of each tag that failed
+    fork: str = ""                             # a decay branch: where it started (or why at 0)
 
     @property
     def note(self) -> str:
         """One line for stderr and the run's dlm.resume tag."""
         bad = f"; {', '.join(self.broken)} did not load" if self.broken else ""
+        if self.fork:
+            return self.fork + bad
         if self.state is not None:
             return f"resumed at step {self.state.get('step', 0)} from {self.tag}{bad}"
         if self.broken:
@@ -111,14 +126,15 @@ def _rank() -> int:
     return dist.get_rank() if dist.is_initialized() else 0
 
 
-def load_latest(build: Callable[[], object], root: Path) -> Resume:
+def load_latest(build: Callable[[], object], root: Path, only: str | None = None) -> Resume:
     """Build an engine (`build()`: model + engine from the seed) and load the newest checkpoint that
     loads whole. A tag that fails on any rank is reported and renamed <tag>.broken, its
     half-restored engine discarded and a fresh one built before the previous tag is tried; with none left the fresh engine starts at step
-    0. Collective: every rank calls it and all agree on the outcome."""
+    0. Collective: every rank calls it and all agree on the outcome. `only`: that tag or nothing
+    (a branch's fork checkpoint)."""
     engine = build()
     broken: list[str] = []
-    for tag in _agree(complete_tags(root)):             # rank 0's listing: one order on all ranks
+    for tag in _agree([t for t in complete_tags(root) if only in (None, t)]):             # rank 0's listing: one order on all ranks
         err = None
         try:
             path, _ = engine.load_checkpoint(str(root), tag=tag, load_optimizer_states=True,

@@ -20,6 +20,7 @@ import torch
 
 from core.net import free_port
 from trainer.config import EngineConfig, TrainConfig
+from trainer.plan import decay_steps
 from trainer.model.transformer import Block
 
 QUIET_LOGGERS = ("DeepSpeed", "deepspeed", "torch.distributed")
@@ -97,9 +98,10 @@ def init_distributed(place: Placement) -> tuple[int, int]:
 
 
 def lr_lambda(cfg: TrainConfig, total_steps: int):
-    """LR multiplier per step: linear warmup, then cosine to min_lr_ratio, or WSD (stable, then a
-    linear decay over the last decay_frac of steps)."""
-    warm = max(1, round(cfg.warmup_frac * total_steps))
+    """LR multiplier per step: linear warmup (train.warmup_steps, else warmup_frac of the steps),
+    then cosine to min_lr_ratio, WSD (stable, then a linear decay over the last decay_frac of
+    steps) or constant (a trajectory trunk: its WSD branches share every step before their decay)."""
+    warm = cfg.warmup_steps or max(1, round(cfg.warmup_frac * total_steps))
     floor = cfg.min_lr_ratio
 
     def cosine(step: int) -> float:
@@ -111,12 +113,15 @@ def lr_lambda(cfg: TrainConfig, total_steps: int):
     def wsd(step: int) -> float:
         if step < warm:
             return (step + 1) / warm
-        decay_start = total_steps - max(1, round(cfg.decay_frac * total_steps))
+        decay_start = total_steps - decay_steps(cfg, total_steps)
         if step < decay_start:
             return 1.0
         return 1.0 - (1 - floor) * (step - decay_start + 1) / (total_steps - decay_start)
 
-    return {"cosine": cosine, "wsd": wsd}[cfg.schedule]
+    def constant(step: int) -> float:
+        return (step + 1) / warm if step < warm else 1.0
+
+    return {"cosine": cosine, "wsd": wsd, "constant": constant}[cfg.schedule]
 
 
 # ZeRO-3 cost on this CPU (bench/bench_train.py: 1 process, 2 threads, batch 8 x 128, fp32). Every

@@ -115,6 +115,8 @@ class Loop:
                                          self.peak * self.world),
                        M.METRIC_EPOCH: tokens / pool, M.METRIC_LR: self.engine.get_lr()[0],
                        **{M.flops_metric(name): tokens * f for name, f in p.flops_per_token.items()}}
+            if step in p.readoff_steps:                   # a point of a trajectory study
+                metrics[M.METRIC_READOFF] = p.readoff_steps[step]
             if self.loss_n:
                 metrics[M.METRIC_TRAIN_LOSS] = self.loss_sum / self.loss_n
             self.tracker.log(flop_step(flops), metrics)
@@ -130,10 +132,16 @@ class Loop:
         self.last_eval_t, self.last_eval_step = time.perf_counter(), step
         return nelbo
 
-    def save(self, step: int) -> None:
-        """Checkpoint at `step` (after MLflow has everything up to it)."""
+    def save(self, step: int, fork: bool = False) -> None:
+        """Checkpoint at `step` (after MLflow has everything up to it); `fork`: the trunk's
+        checkpoint a decay branch starts from, kept in forks/ (never rotated out)."""
         if self.tracker:
             self.tracker.flush()
+        if fork:
+            st = {"step": step, "forked_from": self.p.run_id}
+            checkpoint.save(self.engine, checkpoint.fork_root(self.cfg.io.out_dir, self.p.run_id),
+                            step, st, self.cfg.to_json(), checkpoint.KEEP_ALL, self.rank)
+            return
         st = {"step": step, "wall_time_s": self.wall0 + time.perf_counter() - self.t0,
               "mlflow_run_id": self.mlflow_id, "loss_sum": self.loss_sum, "loss_n": self.loss_n}
         checkpoint.save(self.engine, self.root, step, st, self.cfg.to_json(), self.cfg.io.keep_ckpts,

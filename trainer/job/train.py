@@ -34,7 +34,7 @@ from trainer.job.engine import build_engine, init_distributed, placement
 from trainer.job.loop import Loop
 from trainer.job.tracking import Tracker
 from trainer.model.transformer import Transformer
-from trainer.plan import Plan, plan
+from trainer.plan import Plan, branch_configs, plan
 from trainer.tools.peak import matmul_peak_flops
 
 EXIT_BUSY = 75   # EX_TEMPFAIL: another job is writing this run; nothing was done, try again later
@@ -65,6 +65,11 @@ def _tags(p: Plan) -> dict[str, str]:
             M.TAG_RUN_ID: p.run_id, M.TAG_STEP_UNIT: STEP_UNIT}
     if c.io.parent_run_id:
         tags[M.TAG_PARENT] = c.io.parent_run_id
+    if c.train.trunk_id or c.train.readoffs or c.train.forks:
+        tags[M.TAG_TRAJECTORY] = M.TRAJ_BRANCH if c.train.trunk_id else M.TRAJ_TRUNK
+        tags[M.TAG_TRUNK] = c.train.trunk_id or p.run_id
+    if c.train.readoff:
+        tags[M.TAG_READOFF] = c.train.readoff
     return tags
 
 
@@ -182,6 +187,25 @@ def train(cfg: RunConfig, *, progress: bool = True,
             lock.release()
 
 
+def train_trajectory(cfg: RunConfig, *, progress: bool = True,
+                     on_eval: Callable[[dict], None] | None = None) -> RunResult:
+    """`train(cfg)`, then (a trajectory trunk, once it is FINISHED or was) each of its decay
+    branches (train.forks) from the trunk's checkpoints, as runs of their own. The result is the
+    trunk's, with status the first non-finished one's and the branches' times added."""
+    res = train(cfg, progress=progress, on_eval=on_eval)
+    if res.status not in ("FINISHED", "SKIPPED"):
+        return res
+    for branch in branch_configs(cfg):
+        b = train(branch, progress=progress, on_eval=on_eval)
+        res.wall_seconds += b.wall_seconds
+        res.loop_seconds += b.loop_seconds
+        res.log_seconds += b.log_seconds
+        if b.status not in ("FINISHED", "SKIPPED"):
+            res.status, res.reason = b.status, f"branch {b.run_id} at {branch.train.budget_flops:.4g} FLOPs: {b.reason}"
+            break
+    return res
+
+
 def _train(cfg: RunConfig, p: Plan, corpus, place, rank: int, world: int, progress: bool,
            on_eval: Callable[[dict], None] | None, started: float) -> RunResult:
     tc = cfg.train
@@ -200,9 +224,11 @@ def _train(cfg: RunConfig, p: Plan, corpus, place, rank: int, world: int, progre
     family = build_family(cfg.noise, corpus.vocab_size)
     root = checkpoint.ckpt_root(cfg.io.out_dir, p.run_id)
     resume = checkpoint.load_latest(build, root)          # whole checkpoint, or a fresh engine
+    if resume.state is None and p.fork_step is not None:  # a decay branch: from its trunk's fork
+        resume = _fork(resume, build, cfg, p)
     engine, state = resume.engine, resume.state or {}
     start = state.get("step", 0)
-    if resume.broken and rank == 0:
+    if (resume.broken or resume.fork) and rank == 0:
         print(f"[{p.run_id[:8]}] {resume.note}", file=sys.stderr, flush=True)
     mlflow_id = state.get("mlflow_run_id") or (existing.info.run_id if existing else None)
     # Checkpoints existed but none loaded: the old MLflow run's points past the last good state
@@ -229,6 +255,31 @@ def _train(cfg: RunConfig, p: Plan, corpus, place, rank: int, world: int, progre
             (root.parent / "config.json").write_text(cfg.to_json())
         return _loop(cfg, p, engine, family, corpus, place, rank, world, tracker, root, state,
                      start, mlflow_id, progress, on_eval, started)
+
+
+def _fork(resume: checkpoint.Resume, build, cfg: RunConfig, p: Plan) -> checkpoint.Resume:
+    """A fresh decay branch starts from its trunk's checkpoint at its fork step (the same weights,
+    optimizer and step as its own run would have there); without one it trains from step 0."""
+    root = checkpoint.fork_root(cfg.io.out_dir, cfg.train.trunk_id)
+    tag = checkpoint.fork_tag(p.fork_step)
+    if tag not in checkpoint._agree(checkpoint.complete_tags(root)):
+        resume.fork = f"fresh: trunk {cfg.train.trunk_id} has no fork {root / tag}, trained from step 0"
+        return resume
+    resume.engine = None
+    forked = checkpoint.load_latest(build, root, only=tag)
+    own, forked.broken = forked.broken, resume.broken     # this run's broken tags, not the trunk's
+    if forked.state is None:
+        forked.fork = f"fresh: fork {root / tag} did not load ({'; '.join(own)}), trained from step 0"
+        return forked
+    # The LR of the next step was set by the trunk's schedule (constant); this run's decays from here.
+    sched = forked.engine.lr_scheduler
+    for group, base, lam in zip(sched.optimizer.param_groups, sched.base_lrs, sched.lr_lambdas):
+        group["lr"] = base * lam(sched.last_epoch)
+    sched._last_lr = [g["lr"] for g in sched.optimizer.param_groups]
+    # the trunk's own wall time, MLflow run and running loss are not this run's
+    forked.state = {"step": forked.state["step"], "forked_from": cfg.train.trunk_id}
+    forked.fork = f"forked from trunk {cfg.train.trunk_id} at step {p.fork_step} ({root / tag})"
+    return forked
 
 
 def _loop(cfg: RunConfig, p: Plan, engine, family, corpus, place, rank: int, world: int,
@@ -260,6 +311,8 @@ def _loop(cfg: RunConfig, p: Plan, engine, family, corpus, place, rank: int, wor
             return RunResult(p.run_id, "FAILED", mlflow_id, p.steps, nelbo, start, reason,
                              time.perf_counter() - started, time.perf_counter() - loop_t0,
                              tracker.log_seconds if tracker else 0.0)
+        if step + 1 in p.fork_steps:
+            job.save(step + 1, fork=True)
         if ckpt_due and step + 1 < p.steps:
             job.save(step + 1)
     nelbo = job.evaluate(p.steps)
@@ -290,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
         print(cfg.to_json())
         return 0
     try:
-        res = train(cfg)
+        res = train_trajectory(cfg)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
