@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import signal
 import sys
@@ -22,10 +23,10 @@ from pathlib import Path
 
 import sweeps
 from core.schema import resolve_uri
-from orchestrator.estimate import SweepClock, estimate, fmt_minutes, makespan, table
+from orchestrator.estimate import SweepClock, estimate, fmt_minutes, makespan, summary, table
 from orchestrator.tracking import SweepTracking, sweep_id
 from trainer.config import RunConfig
-from trainer.plan import Plan, plan
+from trainer.plan import Plan, branch_configs, plan
 
 
 def _csv(kind):
@@ -60,7 +61,17 @@ def parse(argv):
     ap.add_argument("--families", type=_csv(str), help="comma-separated families (override)")
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                     help="override a RunConfig field in every run, e.g. --set train.lr=1e-3")
+    ap.add_argument("--readoff", choices=("constant", "branches", "none"), default=None,
+                    help="one run, many budgets: one constant-LR trunk per family, knob and size, "
+                         "read off at each budget ('constant': its evaluations x a measured "
+                         "cooldown factor; 'branches': a decay branch per budget); 'none': one run "
+                         "per point (default: the preset's)")
+    ap.add_argument("--seeds", type=_count(1), default=None,
+                    help="trajectory studies: repeat one trunk per family with K-1 other seeds "
+                         "(the report's seed-to-seed spread)")
     ap.add_argument("--dry-run", action="store_true", help="print the runs and ETA; train nothing")
+    ap.add_argument("--json", action="store_true", help="with --dry-run: print the runs, points, "
+                    "FLOPs (and those of one run per point) and ETA as one JSON object")
     ap.add_argument("--tracking-uri", default=None, help="MLflow URI (default $MLFLOW_TRACKING_URI "
                     "or sqlite:///<repo>/mlflow.db)")
     ap.add_argument("--out-dir", default="runs", help="checkpoint root (shared storage on clusters)")
@@ -83,7 +94,8 @@ def build_plans(args) -> tuple[list[RunConfig], dict[str, Plan]]:
     """`build`, and each run's plan by run id: planned once here (an impossible budget fails
     before Ray) and reused by the dry-run table, the trial order and the ETA."""
     kwargs = {k: v for k, v in (("preset", args.preset), ("sizes", args.sizes),
-                                ("budgets", args.budgets), ("families", args.families)) if v}
+                                ("budgets", args.budgets), ("families", args.families),
+                                ("readoff", args.readoff), ("seeds", args.seeds)) if v}
     configs = sweeps.expand(args.sweep, overrides=tuple(args.set), **kwargs)
     if not configs:
         raise ValueError(f"sweep {args.sweep!r} expanded to no runs")
@@ -169,6 +181,15 @@ def _check_choices(c: RunConfig, space) -> None:
             space.apply(c, {name: value})
 
 
+def finished(tracking: SweepTracking, configs: list[RunConfig]) -> set[str]:
+    """Run ids of the configs that are done: FINISHED in MLflow, and (a trajectory trunk) every
+    one of its decay branches too, so a trunk whose branches were cut off runs again (its trial
+    skips the trunk and trains the branches left)."""
+    fin = tracking.finished(configs + [b for c in configs for b in branch_configs(c)])
+    return {c.run_id() for c in configs
+            if c.run_id() in fin and all(b.run_id() in fin for b in branch_configs(c))}
+
+
 def main(argv=None) -> int:
     args = parse(argv)
     try:
@@ -180,6 +201,11 @@ def main(argv=None) -> int:
     threads = configs[0].engine.threads
     if args.dry_run:
         slots = args.slots or max(1, (args.num_cpus or os.cpu_count() or 1) // threads)
+        if args.json:
+            rows = estimate(configs, plans=plans, progress=lambda line: print(line, file=sys.stderr))
+            print(json.dumps({"sweep": name, "preset": args.preset or sweeps.DEFAULT_PRESET,
+                              **summary(rows, slots)}, indent=1))
+            return 0
         print(f"sweep {name}: {len(configs)} runs; measuring throughput (a few steps per model shape)")
         print(table(estimate(configs, plans=plans), slots))
         return 0
@@ -208,10 +234,11 @@ def main(argv=None) -> int:
                 return 2
             tracking = SweepTracking(uri, configs[0].io.experiment)     # store + experiment, once
             sid = sweep_id(configs)
+            members = configs + [b for c in configs for b in branch_configs(c)]
             parent = tracking.parent_run(name, sid, len(configs), args.preset or "default",
-                                         run_ids=[c.run_id() for c in configs],
+                                         run_ids=[c.run_id() for c in members],
                                          definitions=sweeps.get_preset(args.preset).definitions.name)
-            done = tracking.finished(configs)
+            done = finished(tracking, configs)
             todo = [dataclasses.replace(c, io=dataclasses.replace(c.io, parent_run_id=parent))
                     for c in configs if c.run_id() not in done]
             todo = longest_first(todo, plans)
@@ -243,7 +270,7 @@ def main(argv=None) -> int:
             ray.shutdown()                          # ends every trial still training
         if tracking is not None and parent is not None:
             if out.interrupted:
-                out.count_late(tracking.finished(configs))
+                out.count_late(finished(tracking, configs))
             status = "KILLED" if out.interrupted else "FINISHED" if out.complete() else "FAILED"
             # cut off = started here and never reported an end (a run that ended BUSY, or one never
             # started here, may belong to another live writer: not ours to close)

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from trainer.config import RunConfig
-from trainer.plan import Plan, plan
+from trainer.plan import Plan, branch_configs, decay_steps, plan
 
 TRIAL_OVERHEAD_S = 3.0   # slot time per trial beyond its loop: 1.6 s measured on smoke (bench/bench_sweep.py) + margin
 EVAL_COST = 1 / 3        # a forward-only token costs ~1/3 of a training token
@@ -54,8 +54,21 @@ def estimate(configs: list[RunConfig], progress=print, tokens_per_s=probe_tokens
         train_tokens = p.steps * tc.batch_size * tc.seq_len
         eval_tokens = len(p.eval_steps) * tc.eval_seqs * tc.eval_t_repeats * tc.seq_len
         seconds = (train_tokens + EVAL_COST * eval_tokens) / tok_s + TRIAL_OVERHEAD_S
-        rows.append(Row(cfg, p, tok_s, seconds))
+        rows.append(Row(cfg, p, tok_s, seconds + _branch_seconds(cfg, tok_s)))
     return rows
+
+
+def _branch_seconds(cfg: RunConfig, tok_s: float) -> float:
+    """A trajectory trunk's decay branches (trained by its trial after it): their decay steps and
+    the evaluations after each fork, plus the engine build per branch."""
+    seconds = 0.0
+    for b in branch_configs(cfg):
+        q, tc = plan(b, b.data.vocab_size), b.train
+        evals = sum(s > q.fork_step for s in q.eval_steps)
+        seconds += (decay_steps(tc, q.steps) * tc.batch_size * tc.seq_len
+                    + EVAL_COST * evals * tc.eval_seqs * tc.eval_t_repeats * tc.seq_len) / tok_s
+        seconds += TRIAL_OVERHEAD_S / 2
+    return seconds
 
 
 def makespan(seconds: list[float], slots: int) -> float:
@@ -76,13 +89,41 @@ def table(rows: list[Row], slots: int) -> str:
                      f"{r.plan.n_backbone:>10,} "
                      f"{tokens:>10.3g} {r.plan.steps * r.plan.flops_per_step:>9.2e} {r.plan.steps:>6} "
                      f"{r.tokens_per_s:>7,.0f} {r.seconds:>7.0f}")
-    total = sum(r.seconds for r in rows)
-    flops = sum(r.plan.steps * r.plan.flops_per_step for r in rows)
-    eta = makespan([r.seconds for r in rows], slots)
+    s = summary(rows, slots)
     lines += ["-" * len(head),
-              f"{len(rows)} runs, {flops:.3g} FLOPs, {total / 60:.1f} trial-minutes; "
-              f"ETA {eta / 60:.1f} min on {slots} parallel slot(s)"]
+              f"{s['n_runs']} runs ({s['n_trunks']} trajectory trunks, {s['n_branches']} decay "
+              f"branches) for {s['n_points']} points at {len(s['budgets'])} budgets; "
+              f"{s['total_flops']:.3g} FLOPs (one run per point: {s['flops_if_independent']:.3g}, "
+              f"{s['saving']:.0%} saved), {s['trial_minutes']:.1f} trial-minutes; "
+              f"ETA {s['eta_minutes']:.1f} min on {slots} parallel slot(s)"]
     return "\n".join(lines)
+
+
+def summary(rows: list[Row], slots: int) -> dict:
+    """What a dry run promises (`--dry-run --json`): the runs (a trunk with its largest budget and
+    steps), the points they yield, total FLOPs against one run per point, and the ETA."""
+    from sweeps.trajectory import run_flops, study_points
+    configs = [r.cfg for r in rows]
+    points = study_points(configs)
+    total = sum(run_flops(c) for c in configs)
+    independent = sum(p.budget for p in points)
+    return {
+        "runs": [{"run_id": r.cfg.run_id(), "family": r.cfg.noise.family, "knob": r.cfg.noise.knob(),
+                  "size": r.cfg.size, "seed": r.cfg.train.seed, "max_budget": r.cfg.train.budget_flops,
+                  "steps": r.plan.steps, "readoff": r.cfg.train.readoff,
+                  "budgets": list(r.cfg.train.readoffs) or [r.cfg.train.budget_flops],
+                  "branches": list(r.cfg.train.forks), "est_seconds": round(r.seconds, 1)}
+                 for r in rows],
+        "points": [{"family": p.family, "knob": p.knob, "size": p.size, "budget": p.budget,
+                    "seed": p.seed, "run_id": p.run_id, "trunk": p.trunk} for p in points],
+        "budgets": sorted({p.budget for p in points}),
+        "n_runs": len(rows), "n_trunks": sum(bool(c.train.readoffs) for c in configs),
+        "n_branches": sum(len(c.train.forks) for c in configs), "n_points": len(points),
+        "total_flops": total, "flops_if_independent": independent,
+        "saving": 1 - total / independent if independent else 0.0,
+        "trial_minutes": sum(r.seconds for r in rows) / 60,
+        "eta_minutes": makespan([r.seconds for r in rows], slots) / 60, "slots": slots,
+    }
 
 
 

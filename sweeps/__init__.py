@@ -30,12 +30,15 @@ def _sweep(name: str):
 def expand(name: str, *, preset: str | None = DEFAULT_PRESET,
            sizes: Iterable[str] | None = None, budgets: Iterable[float] | None = None,
            families: Iterable[str] | None = None, knobs: Iterable[float] | None = None,
-           overrides: Iterable[str] = ()) -> list[RunConfig]:
+           overrides: Iterable[str] = (), readoff: str | None = None,
+           seeds: int | None = None) -> list[RunConfig]:
     """The runs of sweep `name` under a preset, in a deterministic order.
 
     sizes / budgets / families / knobs replace the recipe's (sizes: these at every budget instead
     of centring on the compute-optimal size); `overrides` are `field.path=value` strings applied to
-    every run (RunConfig.with_overrides). Every run has sweep=name and io.experiment=name."""
+    every run (RunConfig.with_overrides). readoff ('constant' | 'branches' | 'none') and seeds
+    replace the grid's (a trajectory study: one trunk per family, knob and size; its points are
+    sweeps.trajectory.study_points). Every run has sweep=name and io.experiment=name."""
     sweep = _sweep(name)
     recipe = get_preset(preset)
     selection = {k: None if v is None else tuple(v) for k, v in
@@ -43,7 +46,7 @@ def expand(name: str, *, preset: str | None = DEFAULT_PRESET,
     if isinstance(overrides, str):
         raise ValueError(f"overrides must be a list of field=value strings, got the string {overrides!r}")
     overrides = list(overrides)
-    runs = sweep(recipe, **selection)
+    runs = sweep(recipe, **selection, readoff=readoff, seeds=seeds)
     if overrides:
         runs = [r.with_overrides(overrides) for r in runs]
     for r in runs:

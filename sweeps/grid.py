@@ -14,6 +14,7 @@ from core.ladder import LADDER, model_config
 from trainer.families.registry import FAMILIES, NoiseConfig
 from sweeps.definitions import PROJECT, Definitions
 from sweeps.recipe import Grid, Shape
+from sweeps.trajectory import trajectory_runs
 
 
 def reference_flops_per_token(size: str, shape: Shape, time_cond: str = "none",
@@ -70,8 +71,18 @@ def make_run(sweep: str, shape: Shape, *, size: str, family: str, knob: float | 
 
 def grid_runs(sweep: str, shape: Shape, grid: Grid, tokens_per_param: float,
               definitions: Definitions = PROJECT) -> list[RunConfig]:
-    """Every run of a grid under `definitions`, ordered budget -> family -> knob -> size
-    (ascending FLOPs/token)."""
+    """Every run of a grid under `definitions`: one per point, ordered budget -> family -> knob ->
+    size (ascending FLOPs/token); for a trajectory grid (Grid.readoff) the trunks that serve those
+    points (sweeps/trajectory.py)."""
+    points = point_runs(sweep, shape, grid, tokens_per_param, definitions)
+    if grid.readoff is None:
+        return points
+    return trajectory_runs(points, grid.readoff, grid.seeds, shape.min_steps)
+
+
+def point_runs(sweep: str, shape: Shape, grid: Grid, tokens_per_param: float,
+               definitions: Definitions = PROJECT) -> list[RunConfig]:
+    """One classic run per point of the grid (what a trajectory study's trunks replace)."""
     runs = []
     for budget in grid.budgets:
         for family in grid.families:
@@ -88,7 +99,8 @@ def grid_runs(sweep: str, shape: Shape, grid: Grid, tokens_per_param: float,
     return runs
 
 
-def select(grid: Grid, *, sizes=None, budgets=None, families=None, knobs=None) -> Grid:
+def select(grid: Grid, *, sizes=None, budgets=None, families=None, knobs=None, readoff=None,
+           seeds=None) -> Grid:
     """The grid with command-line selections replacing its fields (None = keep the recipe's).
     Names are validated by Grid (ValueError naming an unknown size or family)."""
     changes = {}
@@ -103,6 +115,10 @@ def select(grid: Grid, *, sizes=None, budgets=None, families=None, knobs=None) -
         changes["families"] = tuple(families)
     if knobs is not None:
         changes["knobs"] = tuple(knobs)
+    if readoff is not None:                       # "none": one run per point
+        changes["readoff"] = None if readoff == "none" else readoff
+    if seeds is not None:
+        changes["seeds"] = seeds
     out = dataclasses.replace(grid, **changes)
     if knobs is not None and not any(FAMILIES[f].knob for f in out.families):
         with_knob = [name for name, spec in FAMILIES.items() if spec.knob]

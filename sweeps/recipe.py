@@ -100,6 +100,12 @@ class Grid:
     Chinchilla's 20 is an autoregressive rule; where a family's isoFLOP minimum sits at a preset's
     scale is a measurement (LAPTOP_TOKENS_PER_PARAM)."""
 
+    readoff: str | None = None
+    """None: one run per point (each its own cosine schedule). 'constant' | 'branches': one
+    trajectory trunk per (family, knob, size) serves all its budgets (sweeps/trajectory.py)."""
+    seeds: int = 1
+    """Trajectory studies: K > 1 repeats one trunk per (family, knob) with K − 1 other seeds."""
+
     def ratio_for(self, family: str, default: float) -> float:
         """Tokens per parameter the family's sizes are centred on (the recipe's `default` if unset)."""
         return dict(self.tokens_per_param).get(family, default)
@@ -157,6 +163,12 @@ class Grid:
                 raise ValueError(f"{name} must not repeat: {values}")
         if not self.sizes and self.sizes_per_budget < 2:
             raise ValueError("sizes_per_budget must be >= 2 to put sizes on both sides of f*")
+        if self.readoff not in (None, "constant", "branches"):
+            raise ValueError(f"readoff must be 'constant', 'branches' or None, got {self.readoff!r}")
+        if isinstance(self.seeds, bool) or not isinstance(self.seeds, int) or self.seeds < 1:
+            raise ValueError(f"seeds must be a positive int, got {self.seeds!r}")
+        if self.seeds > 1 and self.readoff is None:
+            raise ValueError("seeds: repeats with other seeds are a trajectory study's (set readoff)")
         if self.pool_tokens is not None and self.pool_tokens < 1:
             raise ValueError(f"pool_tokens must be positive, got {self.pool_tokens!r}")
 
@@ -261,20 +273,22 @@ LAPTOP_TOKENS_PER_PARAM = (("autoregressive", 40.0), ("masked", 600.0), ("unifor
                            ("hybrid", 400.0), ("esolm", 600.0))
 LAPTOP_SIZES_PER_BUDGET = (("masked", 6), ("uniform", 5), ("hybrid", 5), ("esolm", 6))
 
+LAPTOP_BUDGETS = (1.33e11, 2.37e11, 4.21e11, 7.49e11, 1.33e12)   # RECIPE: 1.33e11 x 1.778^k
+
 LAPTOP = Recipe(
     name="laptop",
     shape=LAPTOP_SHAPE,
     sweeps=(
-        # IsoFLOP study: per budget, sizes on both sides of the compute-optimal one (budget and
-        # size fix the tokens). RECIPE: 4 budgets 4/3 apart from 6e11 (where diffusion leaves the
-        # unigram level), sizes centred per family, 1.43e12 at the top: within the hour. AR +
-        # 2602.15014's MDLM, Duo, Eso-LM (alpha_0 = 1: its train.sh); the hybrid's study is
-        # vonruette2025's (its b = 0 curve here: 61 min estimated instead of 47).
+        # IsoFLOP study, one run per (family, size) read off at every budget it serves
+        # (readoff "constant": constant LR, a cooled branch per budget measures each family's
+        # cooldown factor). RECIPE: 5 budgets 1.78x apart spanning 10x from 1.5e11, 3 sizes per
+        # budget centred per family (each trunk also read off at the study's lower budgets it
+        # reaches in >= min_steps), every family (the hybrid at b = 0, p_u = 0.5): ~50 min on
+        # the slower 2-core machine (AVX2, ~143 GFLOP/s), as its dry run measures (57 from 1.5e11).
         Sweep(name="compute_bound",
-              grid=Grid(budgets=(6e11, 8e11, 1.07e12, 1.43e12),
-                        families=("autoregressive", "masked", "uniform", "esolm"), knobs=(0.0,),
-                        sizes_per_budget=4, family_sizes_per_budget=LAPTOP_SIZES_PER_BUDGET,
-                        tokens_per_param=LAPTOP_TOKENS_PER_PARAM)),
+              grid=Grid(budgets=LAPTOP_BUDGETS, families=ALL_FAMILIES, knobs=(0.0,),
+                        sizes_per_budget=3, tokens_per_param=LAPTOP_TOKENS_PER_PARAM,
+                        readoff="constant")),
         # Token-bound regime (2512.10858): a fixed pool of unique tokens (train.data_pool_tokens),
         # repeated for as many epochs as the budget needs, the model size growing with the budget.
         # RECIPE: 131,072 unique tokens (~270 KB of text), 8-31 epochs; 1 size below f*, 2 above.
@@ -306,11 +320,10 @@ LAPTOP = Recipe(
 # QUICK: <= 15 minutes on the laptop; autoregressive and masked, budgets below LAPTOP's.
 # ------------------------------------------------------------------------------------------------
 QUICK = LAPTOP.with_sweeps(
-    Sweep(name="compute_bound",
-          grid=Grid(budgets=(2.5e11, 5e11, 1e12), families=("autoregressive", "masked"),
-                    sizes_per_budget=4,      # RECIPE: the laptop's measured D/N and widths
-                    family_sizes_per_budget=LAPTOP_SIZES_PER_BUDGET,
-                    tokens_per_param=LAPTOP_TOKENS_PER_PARAM)),
+    Sweep(name="compute_bound",     # RECIPE: LAPTOP's design, its 4 lower budgets, AR + MDLM
+          grid=Grid(budgets=LAPTOP_BUDGETS[:4], families=("autoregressive", "masked"),
+                    sizes_per_budget=3, tokens_per_param=LAPTOP_TOKENS_PER_PARAM,
+                    readoff="constant")),
     Sweep(name="data_bound",
           grid=Grid(budgets=(3.2e11, 6.4e11, 1.28e12), families=("autoregressive", "masked"),
                     sizes_per_budget=3, pool_tokens=2**17)),
