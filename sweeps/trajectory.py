@@ -77,17 +77,25 @@ def trajectory_runs(points: list[RunConfig], readoff: str, seeds: int = 1,
         budgets = tuple(c.train.budget_flops for c in members)
         top, low = members[-1], members[0]
         warm = max(1, round(low.train.warmup_frac * plan(low, low.data.vocab_size).steps))
-        forks = (budgets if readoff == "branches"
-                 else tuple(c.train.budget_flops for c in members if c.run_id() in cooled))
+        cooled_here = tuple(c.train.budget_flops for c in members if c.run_id() in cooled)
         if min_steps is not None:
             budgets = tuple(sorted(set(budgets) | {
-                b for b in study if b < budgets[0] and plan(dataclasses.replace(
-                    low, train=dataclasses.replace(low.train, budget_flops=b)),
-                    low.data.vocab_size).steps >= max(min_steps, 4 * warm)}))
+                b for b in study if b < budgets[0]
+                and _steps(low, b) >= max(min_steps, 4 * warm)}))
+        forks = budgets if readoff == "branches" else cooled_here
         train = dataclasses.replace(top.train, schedule="constant", readoffs=budgets, forks=forks,
                                     warmup_steps=warm, readoff=readoff)
         trunks[key] = dataclasses.replace(top, train=train)
     return list(trunks.values()) + _repeats(trunks, points, seeds)
+
+
+def _steps(cfg: RunConfig, budget: float) -> int:
+    """Steps of `cfg` run to `budget` (0 where the budget cannot be met within 1%)."""
+    try:
+        return plan(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, budget_flops=budget)),
+                    cfg.data.vocab_size).steps
+    except ValueError:
+        return 0
 
 
 def _repeats(trunks: dict[str, RunConfig], points: list[RunConfig], seeds: int) -> list[RunConfig]:

@@ -74,8 +74,10 @@ def plan(cfg: RunConfig, vocab_size: int) -> Plan:
     if tc.readoffs and len(readoff_steps) < len(set(tc.readoffs) | {tc.budget_flops}):
         raise ValueError(f"train.readoffs: two budgets of {tc.readoffs} fall on one step")
     fork_steps = {steps_of(b) - decay_steps(tc, steps_of(b)): float(b) for b in tc.forks}
-    evals = sorted({0, steps} | {round(k * steps / tc.evals) for k in range(1, tc.evals)}
-                   | set(readoff_steps))
+    fixed = {0, steps} | set(readoff_steps)
+    taken = {flop_step(s * per_step) for s in fixed}     # an even step next to a read-off yields
+    evals = sorted(fixed | {s for s in (round(k * steps / tc.evals) for k in range(1, tc.evals))
+                            if flop_step(s * per_step) not in taken})
     if len({flop_step(s * per_step) for s in evals}) < len(evals):
         raise ValueError(f"train.evals: {tc.evals} evaluations over {tc.budget_flops:.3g} FLOPs are "
                          f"closer than 1 {STEP_UNIT} (the metric step unit); use fewer")
