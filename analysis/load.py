@@ -17,7 +17,7 @@ from analysis import conventions
 from analysis import schema as S
 from analysis import studies
 from analysis.points import (DropCounts, drop_bad, final_points,  # noqa: F401 (re-exported)
-                             study_convention, study_points)
+                             study_convention, study_points, without_cooldown)
 from analysis.schema import AnalysisError
 from analysis.studies import Selection, StudyChoice
 from core import schema as M
@@ -244,7 +244,8 @@ def table_from_frame(raw: pd.DataFrame, source: str = "table") -> tuple[pd.DataF
     })
     # A table's row is its own bootstrap unit unless it names its trunk; its loss is as measured.
     table = table.assign(
-        trunk=raw["trunk"].astype(str) if "trunk" in raw else table["run_id"],
+        trunk=(raw["trunk"].where(raw["trunk"].notna(), table["run_id"]).astype(str)
+               if "trunk" in raw else table["run_id"]),
         loss_constant=table["loss"], cooldown=1.0,
         seed=pd.to_numeric(raw["seed"], errors="coerce") if "seed" in raw else np.nan)
     table, nan = drop_bad(table)
