@@ -170,7 +170,8 @@ def _trajectory_lines(study: StudyFit) -> list[str]:
                  for c in study.cooldown]
         out += ["", f"cooldown factors (branch final loss / trunk read-off loss; {how}):",
                 _grid(rows)]
-    out += [f"WARNING: {w}" for w in study.warnings]
+    if study.warnings:
+        out += [""] + [f"WARNING: {w}" for w in study.warnings]
     return out
 
 
