@@ -4,7 +4,8 @@ A law is a :class:`Law`: its name, formula and parameters, a point fit to ONE gr
 (a ``schema.FINAL_COLUMNS`` table) and a refit of bootstrap draws. :meth:`Law.fit` is the driver:
 point fit, draws, natural units, identification flags, derived quantities and intervals, a typed
 :class:`LawFit`. Uncertainty is a bootstrap over runs: intervals are the 2.5/97.5 percentiles
-(95%) of the draws. Draws come from ``rng_for(seed, group)``, so every law of a group sees the same
+(95%) of the draws; where points share a trunk (trajectory studies: analysis/trajectory.py) the
+bootstrap draws trunks, not points. Draws come from ``rng_for(seed, group)``, so every law of a group sees the same
 resamples and results do not depend on which other groups were fitted. :class:`HuberLaw` is the
 shared kind of law of loss: a ``huber.LawForm`` fitted by the Huber engine, each draw a resample of
 runs with replacement refitted warm from the point estimate.
@@ -109,11 +110,29 @@ def rng_for(seed: int, group: str) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(group.encode())])
 
 
-def resamples(seed: int, group: str, n: int, n_boot: int):
-    """Bootstrap over runs: per draw, (draw index, multiplicity of each run, runs drawn >= once)."""
+def trunk_units(points: pd.DataFrame) -> np.ndarray | None:
+    """(n,) bootstrap unit of each point: codes of its ``trunk`` in order of first appearance, or
+    None when every point is its own unit (no ``trunk`` column, or all distinct: a classic study)."""
+    if "trunk" not in points:
+        return None
+    codes, uniques = pd.factorize(points["trunk"].astype(str), sort=False)
+    return None if len(uniques) == len(points) else codes
+
+
+def resamples(seed: int, group: str, n: int, n_boot: int, units: np.ndarray | None = None):
+    """Bootstrap over units: per draw, (draw index, multiplicity of each of the n points, points
+    drawn >= once).
+
+    ``units`` (n,) ints in 0..k−1 (``trunk_units``): the points of one trunk share its noise (a
+    trunk read off at several budgets, a trunk and its branches), so a draw picks k trunks with
+    replacement and every point of a trunk drawn m times enters m times. None: each point is its
+    own unit, and the draws are those of a bootstrap over points (the same stream as units
+    0..n−1: a classic study's results do not change)."""
     rng = rng_for(seed, group)
+    units = np.arange(n) if units is None else np.asarray(units)
+    k = int(units.max()) + 1 if n else 0
     for b in range(n_boot):
-        counts = np.bincount(rng.integers(0, n, n), minlength=n)
+        counts = np.bincount(rng.integers(0, k, k), minlength=k)[units]
         yield b, counts, np.flatnonzero(counts)
 
 
@@ -273,8 +292,9 @@ class _HuberState:
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class HuberLaw(Law):
     """``form`` fitted to the group's runs by the Huber engine. Each bootstrap draw resamples the
-    runs, keeps ``drawn`` of them (a run drawn k times weighs k) and refits warm from the point
-    estimate; parameters at a bound of the fit are flagged (``identification``)."""
+    runs (their trunks, where points share one: ``resamples``), keeps ``drawn`` of them (a run
+    drawn k times weighs k) and refits warm from the point estimate; parameters at a bound of the
+    fit are flagged (``identification``)."""
 
     form: huber.LawForm
 
@@ -310,7 +330,8 @@ class HuberLaw(Law):
         s: _HuberState = point.state
         thetas = np.full((n_boot, len(point.value)), np.nan)
         r_inv = huber.whitener(self.form, point.value, s.design)
-        for b, counts, idx in resamples(seed, data.group, len(s.runs), n_boot):
+        units = trunk_units(s.runs)
+        for b, counts, idx in resamples(seed, data.group, len(s.runs), n_boot, units):
             idx = self.drawn(s.runs, idx)
             if idx is not None:
                 thetas[b] = huber.refit(self.form, point.value, r_inv, s.full.take(idx),

@@ -72,6 +72,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "isoFLOP budgets by binning log10 C: a bin is split at its widest gap "
                         "until it spans at most DEX decades (default %(default)s dex, a factor "
                         f"{10 ** C_BIN_TOL_DEX:.2f}); 0 = every distinct C is its own budget")
+    p.add_argument("--no-cooldown", action="store_true",
+                   help="trajectory studies in read-off mode 'constant': fit the trunks' read-offs "
+                        "at their constant-LR loss (column loss_constant), without the cooldown "
+                        "factor measured from the decay branches")
     p.add_argument("--drop-worst", type=int, default=0, metavar="K",
                    help="leave out each group's K highest-loss points before fitting (outliers of "
                         "an extracted table, as the Chinchilla replication did); default 0")
@@ -98,6 +102,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     runs = selection = None
+    cooldown = ()
     convention, n_column = "table", "table"
     try:
         # Everything that can reject the input runs before any fitting.
@@ -115,8 +120,14 @@ def main(argv: list[str] | None = None) -> int:
             print("\n".join(selection.describe()))
             convention = args.flops or load.study_convention(runs)
             n_column = args.n_column
-            final, dropped = load.final_points(runs, n_column=args.n_column, flops=convention)
+            final, dropped, cooldown = load.study_points(runs, n_column=args.n_column,
+                                                         flops=convention)
+            for c in cooldown:
+                if c.warning and not args.no_cooldown:
+                    print(f"warning: {c.warning}", file=sys.stderr)
             name = args.experiment
+        if args.no_cooldown:
+            final = load.without_cooldown(final)
         final, worst = load.drop_worst(final, args.drop_worst)
         dropped = dataclasses.replace(dropped, worst=worst)
         if final.empty:
@@ -139,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
 
     study = fit_study(final, dropped, families=args.families, n_boot=args.bootstrap,
                       seed=args.seed, c_bin_tol=args.c_bin_tol, flop_convention=convention,
-                      n_column=n_column)
+                      n_column=n_column, cooldown=cooldown,
+                      cooldown_applied=not args.no_cooldown)
     out = args.out or Path("out") / "fits" / name
     out.mkdir(parents=True, exist_ok=True)
     written = []

@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 
 from analysis import huber
-from analysis.bootstrap import GroupData, HuberLaw, Law, LawFit, Point, TooFewPoints, rng_for
+from analysis.bootstrap import (GroupData, HuberLaw, Law, LawFit, Point, TooFewPoints, resamples,
+                                rng_for, trunk_units)
 from analysis.frontier import (MIN_SIZES_PER_CURVE, IsoFlopCurve, assign_budgets, fit_parabolas,
                                parabola_minimum, pareto_frontier)
 
@@ -114,8 +115,11 @@ class AllocationLaw(Law):
 
     Only budgets whose curve has an interior minimum are used (flagged ones are reported apart).
     Draws resample runs *within* each budget: an isoFLOP design fixes its budgets, and a global
-    resample would often leave a budget with < 3 sizes. A draw whose parabola loses its interior
-    minimum drops that budget; a draw with < 2 budgets left fails.
+    resample would often leave a budget with < 3 sizes. Points that share a trunk (a trajectory
+    study: one run read off at several budgets) are not independent across budgets, so there the
+    draws resample trunks across all budgets (bootstrap.resamples). A draw whose parabola loses
+    its interior minimum, or draws < 3 sizes of a budget, drops that budget; a draw with < 2
+    budgets left fails.
     """
 
     def point(self, data: GroupData) -> Point:
@@ -136,17 +140,27 @@ class AllocationLaw(Law):
         good: list[IsoFlopCurve] = point.state
         g = data.final
         budget = assign_budgets(g).to_numpy()
-        rng = rng_for(seed, data.group)
+        units = trunk_units(g)
+        if units is None:
+            rng = rng_for(seed, data.group)
+        else:
+            # Trajectory study: a trunk is a point of several budgets, so draws resample trunks
+            # across all budgets at once and a budget's points weigh their trunk's multiplicity.
+            weights = np.zeros((n_boot, len(g)))
+            for b, counts, _ in resamples(seed, data.group, len(g), n_boot, units):
+                weights[b] = counts
         logn = np.full((n_boot, len(good)), np.nan)
         logd = np.full((n_boot, len(good)), np.nan)
         logc = np.full((n_boot, len(good)), np.nan)
         for j, c in enumerate(good):
-            runs = g[np.isclose(budget, c.budget, rtol=1e-9)]
-            runs = runs[runs["N"].between(*c.window)]             # the sizes the parabola uses
+            sel = (np.isclose(budget, c.budget, rtol=1e-9)
+                   & g["N"].between(*c.window).to_numpy())         # the sizes the parabola uses
+            runs = g[sel]
             u = np.log(runs["N"].to_numpy(float)) - c.center
             lnc = np.log(runs["C"].to_numpy(float))
             lnr = lnc - np.log((runs["N"] * runs["D"]).to_numpy(float))
-            w = rng.multinomial(len(runs), np.full(len(runs), 1 / len(runs)), size=n_boot)
+            w = (rng.multinomial(len(runs), np.full(len(runs), 1 / len(runs)), size=n_boot)
+                 if units is None else weights[:, sel])
             coef = fit_parabolas(u, runs["loss"].to_numpy(float), w.astype(float))
             v = parabola_minimum(coef, u.min(), u.max())
             order = np.argsort(u)

@@ -1,13 +1,13 @@
 """Load sweep results into the tidy tables of :mod:`analysis.schema`.
 
 Two sources feed the same fitting code: an MLflow experiment written by the training job
-(:func:`load_runs` then :func:`final_points`), or a CSV/parquet table of final results from anywhere
-(:func:`load_table`), so published numbers can be refitted with our code.
+(:func:`load_runs` then :func:`final_points` / :func:`study_points`, analysis/points.py, re-exported
+here), or a CSV/parquet table of final results from anywhere (:func:`load_table`), so published
+numbers can be refitted with our code.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +16,8 @@ import pandas as pd
 from analysis import conventions
 from analysis import schema as S
 from analysis import studies
+from analysis.points import (DropCounts, drop_bad, final_points,  # noqa: F401 (re-exported)
+                             study_convention, study_points, without_cooldown)
 from analysis.schema import AnalysisError
 from analysis.studies import Selection, StudyChoice
 from core import schema as M
@@ -31,31 +33,6 @@ _PARQUET_MAGIC = b"PAR1"
 # table without one gets per row). Kept once: a copy would weigh that point twice and, as an extra
 # "run" in the bootstrap, narrow every interval as if it were an independent measurement.
 _DUPLICATE_KEY = ["group", "N", "D", "C", "loss", "budget"]
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class DropCounts:
-    """Runs left out of the fits, by reason. Reported so a thin frontier is never a mystery."""
-
-    failed: int = 0
-    """Runs whose MLflow status is FAILED/KILLED: their last point is not a finished run's end."""
-    unfinished: int = 0
-    """Runs still RUNNING (or SCHEDULED): their last point is mid-schedule."""
-    nan: int = 0
-    """Runs whose final loss, N, D or C is missing, non-finite or <= 0 (diverged, no eval)."""
-    duplicate: int = 0
-    """Extra MLflow runs of one dlm.run_id (a resumed job; the finished, longest one is kept), or
-    rows of a table repeating another row's values (the first is kept)."""
-    worst: int = 0
-    """Points left out on request (``--drop-worst K``: each group's K highest losses)."""
-
-    @property
-    def total(self) -> int:
-        return self.failed + self.unfinished + self.nan + self.duplicate
-
-    def __add__(self, other: DropCounts) -> DropCounts:
-        return DropCounts(**{f.name: getattr(self, f.name) + getattr(other, f.name)
-                             for f in dataclasses.fields(self)})
 
 
 # --------------------------------------------------------------------------------------------------
@@ -133,6 +110,10 @@ def _run_meta(runs: list) -> pd.DataFrame:
             "n_nonembed": _float(params.get(M.PARAM_N_NONEMBED)),
             "n_total": _float(params.get(M.PARAM_N_TOTAL)),
             "status": r.info.status,
+            "trajectory": tags.get(M.TAG_TRAJECTORY, ""),
+            "trunk_tag": tags.get(M.TAG_TRUNK, ""),
+            "readoff": tags.get(M.TAG_READOFF, ""),
+            "seed": _float(params.get(M.PARAM_TRAIN_SEED)),
             "flop_convention": params.get(M.PARAM_FLOP_CONVENTION, conventions.DEFAULT),
             "_flops_per_token": _float(params.get(M.PARAM_FLOPS_PER_TOKEN)),
             "_flops_per_step": unit,
@@ -145,8 +126,8 @@ def load_runs(experiment: str, tracking_uri: str | None = None, *, bulk: bool = 
               ) -> pd.DataFrame:
     """Trial runs of ``experiment``: one row per (run, evaluation point), ``schema.RUN_COLUMNS``.
 
-    An evaluation point is a step at which ``val_nelbo`` was logged; ``tokens`` and ``flops`` are
-    taken at the same step, ``train_loss`` at the latest step at or before it. A run that never
+    An evaluation point is a step at which ``val_nelbo`` was logged; ``tokens``, ``flops`` and
+    ``readoff_budget`` (a trajectory trunk's read-offs) are taken at the same step, ``train_loss`` at the latest step at or before it. A run that never
     evaluated gets one row with NaN metrics so the drop counters still see it. Raises
     :class:`AnalysisError` if the experiment does not exist or has no trial runs.
     """
@@ -180,7 +161,7 @@ def _runs_frame(client, runs: list, bulk: bool) -> pd.DataFrame:
                     .rename(columns={"value": key}))
 
     points = metric(M.METRIC_LOSS)
-    for key in (M.METRIC_TOKENS, M.METRIC_FLOPS):
+    for key in (M.METRIC_TOKENS, M.METRIC_FLOPS, M.METRIC_READOFF):
         points = points.merge(metric(key), on=["mlflow_run_id", "step"], how="left")
     train = metric(M.METRIC_TRAIN_LOSS).sort_values("step")
     points = pd.merge_asof(points.sort_values("step"), train, on="step", by="mlflow_run_id",
@@ -196,54 +177,6 @@ def _runs_frame(client, runs: list, bulk: bool) -> pd.DataFrame:
     df["is_final"] = (df["step"] == last) | df["step"].isna()
     df = df.sort_values(["family", "knob", "run_id", "step"], kind="stable").reset_index(drop=True)
     return df[list(S.RUN_COLUMNS)]
-
-
-def study_convention(runs: pd.DataFrame) -> str:
-    """The FLOP convention the runs were trained under (their ``train.flop_convention``), the one
-    a fit uses by default; AnalysisError if the runs mix conventions (then name one: --flops)."""
-    found = sorted(runs["flop_convention"].dropna().unique())
-    if len(found) > 1:
-        raise AnalysisError(f"the runs were trained under {len(found)} FLOP conventions "
-                            f"({', '.join(found)}); choose the one to fit under with --flops")
-    return found[0] if found else conventions.DEFAULT
-
-
-def final_points(runs: pd.DataFrame, n_column: str = S.DEFAULT_N_COLUMN,
-                 flops: str | None = None) -> tuple[pd.DataFrame, DropCounts]:
-    """Each run's final evaluation as a ``schema.FINAL_COLUMNS`` table, and what was dropped.
-    N is the ``n_column`` count (one of ``schema.N_COLUMNS``; default the backbone N); C the
-    training FLOPs under convention ``flops`` (a core.flops.CONVENTIONS key; default the runs'
-    own, :func:`study_convention`): as logged for runs trained under it, else from the run's
-    FLOPs per token under it (analysis/conventions.py) × its tokens. ``budget`` stays the run's
-    budget tag: it only groups the runs of one isoFLOP curve.
-
-    Only FINISHED runs count: a failed or running job's last point sits mid-schedule. One dlm.run_id
-    logged under several MLflow runs (a resume) keeps its finished run with the most compute.
-    """
-    fin = runs[runs["is_final"]].copy()
-    fin["_ok"] = fin["status"] == M.STATUS_FINISHED
-    fin = fin.sort_values(["run_id", "_ok", "step"], na_position="first")
-    dedup = fin.drop_duplicates("run_id", keep="last")
-    failed = dedup["status"].isin(["FAILED", "KILLED"])
-    unfinished = ~dedup["_ok"] & ~failed
-    kept = dedup[dedup["_ok"]]
-    # A runs table written before the per-convention columns existed (an older runs.parquet, a
-    # hand-built frame) counts C under the project's default convention, and no other.
-    kept = kept.assign(**{k: v for k, v in (("flop_convention", conventions.DEFAULT),
-                                            (conventions.column(flops or conventions.DEFAULT),
-                                             np.nan)) if k not in kept})
-    conv = study_convention(kept) if flops is None else flops
-    if conv not in CONVENTIONS:
-        raise AnalysisError(f"unknown FLOP convention {conv!r}; known: {', '.join(CONVENTIONS)}")
-    C = kept["flops"].where(kept["flop_convention"] == conv, kept[conventions.column(conv)])
-    table = pd.DataFrame({
-        "run_id": kept["run_id"], "family": kept["family"], "knob": kept["knob"],
-        "N": kept[n_column], "D": kept["tokens"], "C": C, "loss": kept["val_nelbo"],
-        "budget": kept["budget"],
-    })
-    table, nan = _drop_bad(table)
-    return table, DropCounts(failed=int(failed.sum()), unfinished=int(unfinished.sum()), nan=nan,
-                             duplicate=len(fin) - len(dedup))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -309,19 +242,16 @@ def table_from_frame(raw: pd.DataFrame, source: str = "table") -> tuple[pd.DataF
         "loss": pd.to_numeric(raw["loss"], errors="coerce"),
         "budget": pd.to_numeric(raw["budget"], errors="coerce") if "budget" in raw else np.nan,
     })
-    table, nan = _drop_bad(table)
+    # A table's row is its own bootstrap unit unless it names its trunk; its loss is as measured.
+    table = table.assign(
+        trunk=(raw["trunk"].where(raw["trunk"].notna(), table["run_id"]).astype(str)
+               if "trunk" in raw else table["run_id"]),
+        loss_constant=table["loss"], cooldown=1.0,
+        seed=pd.to_numeric(raw["seed"], errors="coerce") if "seed" in raw else np.nan)
+    table, nan = drop_bad(table)
     dup = table.duplicated(_DUPLICATE_KEY, keep="first")
     table = table[~dup].reset_index(drop=True)
     return table, DropCounts(nan=nan, duplicate=int(dup.sum()))
-
-
-def _drop_bad(table: pd.DataFrame) -> tuple[pd.DataFrame, int]:
-    vals = table[["N", "D", "C", "loss"]].to_numpy(dtype=float)
-    ok = np.isfinite(vals).all(axis=1) & (vals > 0).all(axis=1)
-    out = table[ok].copy()
-    out["knob"] = out["knob"].astype(float)
-    out.insert(1, "group", [S.group_label(f, k) for f, k in zip(out["family"], out["knob"])])
-    return out.reset_index(drop=True)[list(S.FINAL_COLUMNS)], int((~ok).sum())
 
 
 def drop_worst(final: pd.DataFrame, k: int) -> tuple[pd.DataFrame, int]:

@@ -29,7 +29,10 @@ def fits_table(study: StudyFit) -> pd.DataFrame:
     """Long table, one row per (group, law, quantity): ``FITS_COLUMNS``.
 
     Laws: "compute" L(C), "chinchilla" L(N, D), "allocation" N*(C) = k_N·C^a, D*(C) = k_D·C^b,
-    "backtest" (relative error, predicted, actual) and "crossover" (group = "a vs b", C in FLOPs).
+    "backtest" (relative error, predicted, actual) and "crossover" (group = "a vs b", C in FLOPs);
+    beside them "cooldown" (a trajectory study's factor; lo/hi the extreme ratios, n_points the
+    branches measured, flag "cooldown unmeasured") and "noise_floor" (seed-to-seed std and range
+    of the loss, nats/token, n_points the repeated points).
     """
     rows = []
     for g in study.groups:
@@ -45,6 +48,14 @@ def fits_table(study: StudyFit) -> pd.DataFrame:
         rows.append({"group": f"{x.a} vs {x.b}", "law": "crossover", "quantity": "C",
                      "estimate": x.c, "lo": x.lo, "hi": x.hi, "n_points": x.n_crossings,
                      "n_boot": study.n_boot})
+    for c in study.cooldown:     # lo/hi: the smallest and largest measured ratio
+        rows.append({"group": c.group, "law": "cooldown", "quantity": "factor",
+                     "estimate": c.factor, "lo": c.lo, "hi": c.hi, "n_points": c.n, "n_boot": 0,
+                     "flag": c.warning})
+    for n in study.seed_spread:
+        rows += [{"group": n.group, "law": "noise_floor", "quantity": q, "estimate": v,
+                  "lo": np.nan, "hi": np.nan, "n_points": n.n_points, "n_boot": 0}
+                 for q, v in (("std", n.std), ("range", n.range))]
     table = pd.DataFrame(rows, columns=list(FITS_COLUMNS))
     return table.assign(flop_convention=study.flop_convention, n_column=study.n_column)
 
@@ -79,6 +90,11 @@ def fits_json(study: StudyFit) -> dict:
         "flop_convention": study.flop_convention, "n_column": study.n_column,
         "n_boot": study.n_boot, "seed": study.seed, "c_range": study.c_range,
         "dropped": {**dataclasses.asdict(study.dropped), "total": study.dropped.total},
+        "cooldown": [{**dataclasses.asdict(c), "measured": c.measured, "warning": c.warning}
+                     for c in study.cooldown],
+        "cooldown_applied": study.cooldown_applied,
+        "seed_spread": [dataclasses.asdict(n) for n in study.seed_spread],
+        "warnings": list(study.warnings),
         "groups": groups,
         "crossovers": [{**dataclasses.asdict(x), "message": x.message} for x in study.crossovers],
     })
@@ -98,13 +114,16 @@ _TABLED = ("compute", "allocation", "chinchilla")
 def format_table(study: StudyFit) -> str:
     """The CLI's printout: one row per group, then crossovers, flags and drop counts."""
     top = max(EXTRAPOLATE)
-    rows = [("group", "runs", "A", "beta", "B", f"L@{top:g}x", "N*~C^a", "D*~C^b", "backtest")]
+    spread = {n.group: f"{n.std:.3g}" for n in study.seed_spread}
+    rows = [("group", "runs", "A", "beta", "B", f"L@{top:g}x", "N*~C^a", "D*~C^b", "backtest",
+             "seed std")]
     for g in study.groups:
         bt = f"{g.backtest.error:+.2%}" if g.backtest else "-"
         compute, allocation = g.law("compute"), g.law("allocation")
         rows.append((g.group, str(g.n_runs), _cell(compute, "A"), _cell(compute, "beta"),
                      _cell(compute, "B"), _cell(compute, f"L@{top:g}x"),
-                     _cell(allocation, "a"), _cell(allocation, "b"), bt))
+                     _cell(allocation, "a"), _cell(allocation, "b"), bt,
+                     spread.get(g.group, "-")))
     rows2 = [("group", "E", "alpha", "beta", "a_N=b/(a+b)", "b_D=a/(a+b)")]
     for g in study.groups:
         rows2.append((g.group, *(_cell(g.law("chinchilla"), k) for k in
@@ -128,11 +147,32 @@ def format_table(study: StudyFit) -> str:
               for g in study.groups for f in g.laws.values() for k, why in f.flags.items()]
     if notes:
         out += ["", "notes:"] + [f"  {m}" for m in notes]
+    out += _trajectory_lines(study)
     d = study.dropped
     worst = f", highest-loss (--drop-worst) {d.worst}" if d.worst else ""
     out += ["", f"dropped runs: {d.total} (failed {d.failed}, unfinished {d.unfinished}, "
                 f"NaN/invalid {d.nan}, duplicate {d.duplicate}{worst})"]
     return "\n".join(out)
+
+
+def _trajectory_lines(study: StudyFit) -> list[str]:
+    """The noise floor, the cooldown factors and, loudly, any factor that was not measured."""
+    out = []
+    if study.seed_spread:
+        out += ["", "seed-to-seed noise floor (same group, size and budget; other train.seed):"]
+        out += [f"  {n.fmt()}" for n in study.seed_spread]
+    if study.cooldown:
+        how = ("applied to constant-LR read-offs" if study.cooldown_applied
+               else "NOT applied (--no-cooldown): read-offs fitted at their constant-LR loss")
+        rows = [("group", "factor", "branches", "min ratio", "max ratio", "applied")]
+        rows += [(c.group, f"{c.factor:.4f}", str(c.n), f"{c.lo:.4f}", f"{c.hi:.4f}",
+                  "yes" if c.applied and study.cooldown_applied else "no")
+                 for c in study.cooldown]
+        out += ["", f"cooldown factors (branch final loss / trunk read-off loss; {how}):",
+                _grid(rows)]
+    if study.warnings:
+        out += [""] + [f"WARNING: {w}" for w in study.warnings]
+    return out
 
 
 def _grid(rows: list[tuple[str, ...]]) -> str:

@@ -7,8 +7,9 @@ the reader's own things: the documented DataFrame columns, the error type and th
 Tables the analysis works on
 ----------------------------
 ``RUN_COLUMNS`` (from :func:`analysis.load.load_runs`): one row per (run, evaluation point).
-``FINAL_COLUMNS`` (from :func:`analysis.load.final_points` or ``--from-table``): one row per run,
-its final evaluation, with the names the fits use (N, D, C, loss).
+``FINAL_COLUMNS`` (from :func:`analysis.load.final_points` or ``--from-table``): one row per point,
+with the names the fits use (N, D, C, loss): a classic run's final evaluation, a decay branch's
+final evaluation, or a constant-LR trunk's read-off at one budget (analysis/trajectory.py).
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ N_COLUMNS = ("n_backbone", "n_nonembed", "n_total")
 DEFAULT_N_COLUMN = "n_backbone"
 
 # The trial metrics load_runs reads (the others stay in MLflow).
-LOADED_METRICS = (M.METRIC_LOSS, M.METRIC_TRAIN_LOSS, M.METRIC_TOKENS, M.METRIC_FLOPS)
+LOADED_METRICS = (M.METRIC_LOSS, M.METRIC_TRAIN_LOSS, M.METRIC_TOKENS, M.METRIC_FLOPS,
+                  M.METRIC_READOFF)
 
 # --- analysis tables (reader side) ---------------------------------------------------------------
 RUN_COLUMNS: dict[str, str] = {
@@ -50,6 +52,16 @@ RUN_COLUMNS: dict[str, str] = {
     "train_loss": "training loss at the same step (NaN if not logged there)",
     "is_final": "True on the run's evaluation with the largest step",
     "status": "MLflow run status: FINISHED / FAILED / RUNNING / ...",
+    # trajectory studies (one run, many budgets: analysis/trajectory.py); classic runs: "", NaN
+    "trajectory": f"{M.TAG_TRAJECTORY} tag: {M.TRAJ_TRUNK!r}, {M.TRAJ_BRANCH!r}, or '' (one run "
+                  "per point)",
+    "trunk_tag": f"{M.TAG_TRUNK} tag: the trunk's run_id (trunks: their own); '' for classic runs",
+    "readoff": f"{M.TAG_READOFF} tag: the study's read-off mode, {M.READOFF_CONSTANT!r} or "
+               f"{M.READOFF_BRANCHES!r}; '' for classic runs",
+    "readoff_budget": f"metric {M.METRIC_READOFF} at this step: the budget (FLOPs) a trunk reads "
+                      "off this evaluation for; NaN elsewhere",
+    "seed": f"param {M.PARAM_TRAIN_SEED} as float (NaN if not logged): repeats of a point differ "
+            "in it",
 }
 
 FINAL_COLUMNS: dict[str, str] = {
@@ -62,13 +74,21 @@ FINAL_COLUMNS: dict[str, str] = {
     "C": "training FLOPs, under one convention (fit_laws --flops; default the runs' own)",
     "loss": "final validation loss, nats/token",
     "budget": "isoFLOP budget the run belongs to (FLOPs); NaN -> clustered from C",
+    "trunk": "the bootstrap's resampling unit: the run_id of the run the point was read off "
+             "(classic runs and table rows: their own run_id; a trunk's read-offs: the trunk; a "
+             "branch: its trunk). Points of one trunk are correlated and are drawn together",
+    "loss_constant": "the loss as evaluated, before the cooldown factor (a constant-LR trunk's "
+                     "read-off; = loss for every other point): refit with fit_laws --no-cooldown",
+    "cooldown": "the cooldown factor applied, loss = loss_constant x cooldown (1.0 unless a "
+                "constant-mode read-off: analysis/trajectory.py)",
+    "seed": f"{M.PARAM_TRAIN_SEED} of the run (NaN if unknown): repeats give the noise floor",
 }
 
 # --from-table: family, N, loss, and at least one of D / C (the other follows from C = 6·N·D,
 # the Kaplan/Chinchilla convention, since a foreign table carries no FLOP accounting of ours).
 TABLE_REQUIRED = ("family", "N", "loss")
 TABLE_ONE_OF = ("D", "C")
-TABLE_OPTIONAL = ("knob", "budget", "run_id")
+TABLE_OPTIONAL = ("knob", "budget", "run_id", "trunk", "seed")
 FLOPS_PER_PARAM_TOKEN = 6.0
 
 

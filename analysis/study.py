@@ -17,7 +17,9 @@ from analysis.bootstrap import GroupData, LawFit, TooFewPoints
 from analysis.huber import single_threaded_blas
 from analysis.laws import EXTRAPOLATE, LAWS
 from analysis.load import DropCounts
+from analysis.noise_floor import SeedSpread, seed_spread
 from analysis.schema import AnalysisError
+from analysis.trajectory import Cooldown
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -56,6 +58,17 @@ class StudyFit:
     """What C counts: a core.flops.CONVENTIONS name, or 'table' for a table's own C."""
     n_column: str = "n_backbone"
     """What N counts (analysis.schema.N_COLUMNS), or 'table'."""
+    cooldown: tuple[Cooldown, ...] = ()
+    """Cooldown factors of a trajectory study (analysis/trajectory.py); () for a classic one."""
+    cooldown_applied: bool = True
+    """False when the constant-mode read-offs were fitted without their factor (--no-cooldown)."""
+    seed_spread: tuple[SeedSpread, ...] = ()
+    """The seed-to-seed noise floor of each group with repeated configurations."""
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """What the fits rest on that was not measured (a cooldown factor assumed 1.0)."""
+        return tuple(c.warning for c in self.cooldown if c.warning and self.cooldown_applied)
 
     def group(self, name: str) -> GroupFit:
         return next(g for g in self.groups if g.group == name)
@@ -124,9 +137,12 @@ def fit_group(final: pd.DataFrame, group: str, *, n_boot: int, seed: int,
 def fit_study(final: pd.DataFrame, dropped: DropCounts = DropCounts(), *,
               families: list[str] | None = None, n_boot: int = 1000, seed: int = 0,
               c_bin_tol: float = C_BIN_TOL_DEX, flop_convention: str = "matmul",
-              n_column: str = "n_backbone") -> StudyFit:
+              n_column: str = "n_backbone", cooldown: tuple[Cooldown, ...] = (),
+              cooldown_applied: bool = True) -> StudyFit:
     """Fit every selected group of a ``schema.FINAL_COLUMNS`` table and compare them pairwise.
-    ``flop_convention`` and ``n_column`` say what the table's C and N count (reports name them).
+    ``flop_convention`` and ``n_column`` say what the table's C and N count, ``cooldown`` the
+    factors its trunk read-offs were multiplied by (``cooldown_applied``), for the reports; the
+    seed-to-seed noise floor is measured from the table's repeated configurations.
 
     ``c_bin_tol``: widest log10-C span (dex) of one isoFLOP budget for runs with no budget
     (``frontier.assign_budgets``)."""
@@ -139,7 +155,9 @@ def fit_study(final: pd.DataFrame, dropped: DropCounts = DropCounts(), *,
                       for a, b in itertools.combinations(fits, 2)
                       if a.law("compute") and b.law("compute"))
     return StudyFit(groups=fits, crossovers=crossings, dropped=dropped, n_boot=n_boot, seed=seed,
-                    c_range=c_range, flop_convention=flop_convention, n_column=n_column)
+                    c_range=c_range, flop_convention=flop_convention, n_column=n_column,
+                    cooldown=tuple(c for c in cooldown if c.group in groups),
+                    cooldown_applied=cooldown_applied, seed_spread=seed_spread(used))
 
 
 def nan_to_none(x):

@@ -176,6 +176,7 @@ PARAM_FLOP_CONVENTION = "train.flop_convention"    # a flattened config field (R
 PARAM_TOKENS_PER_STEP = "tokens_per_step"
 PARAM_STEPS = "steps"
 PARAM_OUT_DIR = "io.out_dir"                       # a flattened config field (RunConfig.flat())
+PARAM_TRAIN_SEED = "train.seed"                    # a flattened config field: repeats of one point differ in it
 
 # --- sampling params ------------------------------------------------------------------------------
 PARAM_SEED = "seed"
