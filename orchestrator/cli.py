@@ -23,7 +23,7 @@ from pathlib import Path
 
 import sweeps
 from core.schema import resolve_uri
-from orchestrator.estimate import SweepClock, estimate, fmt_minutes, makespan, summary, table
+from orchestrator.estimate import Row, SweepClock, estimate, fmt_minutes, makespan, summary, table
 from orchestrator.tracking import SweepTracking, sweep_id
 from trainer.config import RunConfig
 from trainer.plan import Plan, branch_configs, plan
@@ -201,6 +201,11 @@ def main(argv=None) -> int:
     threads = configs[0].engine.threads
     if args.dry_run:
         slots = args.slots or max(1, (args.num_cpus or os.cpu_count() or 1) // threads)
+        pre = summary([Row(c, plans[c.run_id()], 1.0, 0.0) for c in configs], slots)
+        print(f"sweep {name}: {pre['n_runs']} runs ({pre['n_trunks']} trajectory trunks, "
+              f"{pre['n_branches']} decay branches) for {pre['n_points']} points: "
+              f"{pre['total_flops']:.3g} FLOPs, one run per point {pre['flops_if_independent']:.3g} "
+              f"({pre['saving']:.0%} saved)", file=sys.stderr if args.json else sys.stdout, flush=True)
         if args.json:
             rows = estimate(configs, plans=plans, progress=lambda line: print(line, file=sys.stderr))
             print(json.dumps({"sweep": name, "preset": args.preset or sweeps.DEFAULT_PRESET,
