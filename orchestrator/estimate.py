@@ -102,9 +102,9 @@ def table(rows: list[Row], slots: int) -> str:
 def summary(rows: list[Row], slots: int) -> dict:
     """What a dry run promises (`--dry-run --json`): the runs (a trunk with its largest budget and
     steps), the points they yield, total FLOPs against one run per point, and the ETA."""
-    from sweeps.trajectory import run_flops, study_points
+    from sweeps.trajectory import run_flops, planned_points
     configs = [r.cfg for r in rows]
-    points = study_points(configs)
+    points = planned_points(configs)
     total = sum(run_flops(c) for c in configs)
     independent = sum(p.budget for p in points)
     return {

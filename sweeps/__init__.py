@@ -38,7 +38,7 @@ def expand(name: str, *, preset: str | None = DEFAULT_PRESET,
     of centring on the compute-optimal size); `overrides` are `field.path=value` strings applied to
     every run (RunConfig.with_overrides). readoff ('constant' | 'branches' | 'none') and seeds
     replace the grid's (a trajectory study: one trunk per family, knob and size; its points are
-    sweeps.trajectory.study_points). Every run has sweep=name and io.experiment=name."""
+    sweeps.trajectory.planned_points). Every run has sweep=name and io.experiment=name."""
     sweep = _sweep(name)
     recipe = get_preset(preset)
     selection = {k: None if v is None else tuple(v) for k, v in

@@ -114,7 +114,7 @@ def _repeats(trunks: dict[str, RunConfig], points: list[RunConfig], seeds: int) 
     return out
 
 
-def study_points(runs: list[RunConfig]) -> list[Point]:
+def planned_points(runs: list[RunConfig]) -> list[Point]:
     """Every point the runs yield: a classic run's budget, a trunk's read-offs (the branch's end
     where the read-off is 'branches')."""
     out = []

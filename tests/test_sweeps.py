@@ -24,7 +24,7 @@ import sweeps
 from sweeps.calibration import CPU_TOKENS_PER_S
 from sweeps.recipe import PRESETS
 from core.flops import compute_optimal_flops_per_token
-from sweeps.trajectory import run_flops, study_points
+from sweeps.trajectory import run_flops, planned_points
 from trainer.families.registry import FAMILIES
 from trainer.plan import plan
 
@@ -153,7 +153,7 @@ def _curves(preset, name="compute_bound"):
     fpt = {(c.noise.family, _knob(c), c.size): p.flops_per_step / (c.train.batch_size * c.train.seq_len)
            for c, p in runs}
     curves = defaultdict(list)
-    for pt in study_points([c for c, _ in runs]):
+    for pt in planned_points([c for c, _ in runs]):
         knob = pt.knob if pt.family == "hybrid" else None
         if pt.seed == 0:
             curves[pt.budget, pt.family, knob].append(fpt[pt.family, knob, pt.size])
@@ -221,7 +221,7 @@ def test_expansion_is_deterministic_and_ordered():
     assert [sum(r.noise.family == f for r in first) for f in order] == [3] * len(FAMILIES)
     # the trajectory study's trunks serve exactly those points (plus free lower read-offs)
     trunks = sweeps.expand("compute_bound")
-    served = {(p.family, p.size, p.budget) for p in study_points(trunks)}
+    served = {(p.family, p.size, p.budget) for p in planned_points(trunks)}
     assert {(r.noise.family, r.size, r.train.budget_flops) for r in runs} <= served
     assert len(trunks) == len({(r.noise.family, r.size) for r in runs})
 
