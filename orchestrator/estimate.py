@@ -10,6 +10,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from sweeps.trajectory import planned_points, run_flops
 from trainer.config import RunConfig
 from trainer.plan import Plan, branch_configs, decay_steps, plan
 
@@ -102,7 +103,6 @@ def table(rows: list[Row], slots: int) -> str:
 def summary(rows: list[Row], slots: int) -> dict:
     """What a dry run promises (`--dry-run --json`): the runs (a trunk with its largest budget and
     steps), the points they yield, total FLOPs against one run per point, and the ETA."""
-    from sweeps.trajectory import run_flops, planned_points
     configs = [r.cfg for r in rows]
     points = planned_points(configs)
     total = sum(run_flops(c) for c in configs)
@@ -120,7 +120,7 @@ def summary(rows: list[Row], slots: int) -> dict:
         "n_runs": len(rows), "n_trunks": sum(bool(c.train.readoffs) for c in configs),
         "n_branches": sum(len(c.train.forks) for c in configs), "n_points": len(points),
         "total_flops": total, "flops_if_independent": independent,
-        "saving": 1 - total / independent if independent else 0.0,
+        "saving": round(1 - total / independent, 6) + 0.0 if independent else 0.0,   # no "-0%"
         "trial_minutes": sum(r.seconds for r in rows) / 60,
         "eta_minutes": makespan([r.seconds for r in rows], slots) / 60, "slots": slots,
     }

@@ -134,7 +134,8 @@ def load_latest(build: Callable[[], object], root: Path, only: str | None = None
     (a branch's fork checkpoint)."""
     engine = build()
     broken: list[str] = []
-    for tag in _agree([t for t in complete_tags(root) if only in (None, t)]):             # rank 0's listing: one order on all ranks
+    tags = [t for t in complete_tags(root) if only in (None, t)]
+    for tag in _agree(tags):                            # rank 0's listing: one order on all ranks
         err = None
         try:
             path, _ = engine.load_checkpoint(str(root), tag=tag, load_optimizer_states=True,
