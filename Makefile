@@ -9,7 +9,7 @@ STAMP       := $(VENV)/.installed
 PYTEST_ARGS ?=
 UI_PORT     ?= 5000
 
-.PHONY: install test test-all test-cluster data bench clean fit ui sweep sample speed-quality
+.PHONY: install test test-all test-cluster data bench gpu-wheels clean fit ui sweep sample speed-quality
 
 # Re-runs only when pyproject.toml changes (or the venv is missing): `make test` twice installs once.
 $(STAMP): pyproject.toml
@@ -40,6 +40,18 @@ data: $(STAMP)
 # Every bench/bench_*.py in turn (training step vs plain PyTorch, MFU, MLflow share; the law fit).
 bench: $(STAMP)
 	$(PY) -m bench
+
+# Wheels the GPU check machine lacks (DeepSpeed and its pure dependencies, for its Python 3.12), into
+# .cache/gpu_wheels, to travel beside the tree: bench/gpu_check.sh OUT.json --wheels .cache/gpu_wheels
+GPU_WHEELS ?= .cache/gpu_wheels
+GPU_PYVER  ?= 3.12
+gpu-wheels: $(STAMP)
+	rm -rf $(GPU_WHEELS) && mkdir -p $(GPU_WHEELS)
+	$(PY) -m pip wheel --quiet --no-deps -w $(GPU_WHEELS) "deepspeed==$$($(PY) -c 'import importlib.metadata as m; print(m.version("deepspeed"))')"
+	$(PY) -m pip download --quiet --no-deps --only-binary=:all: --python-version $(GPU_PYVER) \
+	  --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 -d $(GPU_WHEELS) \
+	  $$($(PY) -m pip freeze | grep -iE '^(hjson|ninja|py-cpuinfo|pydantic|pydantic[-_]core|annotated[-_]types|typing[-_]inspection|msgpack|einops|psutil)==')
+	du -sh $(GPU_WHEELS)
 
 # MLflow UI + REST API on http://127.0.0.1:$(UI_PORT) for the project's store ($$MLFLOW_TRACKING_URI,
 # else sqlite:///<repo>/mlflow.db): lean server, 1 worker, local only. See trainer/tools/ui.py.

@@ -29,7 +29,6 @@ faster early, not where each ends; `--steps 3000` for more.
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 from dataclasses import replace
@@ -42,21 +41,11 @@ from trainer.data.loader import DataConfig, load_corpus, sample_batch, validatio
 from trainer.families.registry import NoiseConfig, build_family
 from trainer.job.objective import batch_loss, evaluate
 from trainer.model.transformer import Transformer
-from trainer.tools.peak import measure
+from trainer.tools.peak import cpu_model, measure
 
 V, T = 512, 128
 LOSSES = (("elbo", {"train_loss": "elbo"}), ("elbo t>=1e-3", {"train_loss": "elbo", "t_min": 1e-3}),
           ("gidd", {"train_loss": "gidd"}))
-
-
-def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def rel_std(values: list[float]) -> float:

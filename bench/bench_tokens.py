@@ -1,108 +1,179 @@
-"""Benchmark: training tokens/s of the small laptop sizes, every family (the numbers behind
-sweeps/calibration.py's CPU_TOKENS_PER_S), and what computing logits only where the loss is scored saves.
+"""Benchmark: training tokens/s of the trainer's step, today's default against the eager path before
+#16, per family and width; achieved FLOP/s against the measured matmul peak; engine ÷ plain step.
 
-    python -m bench.bench_tokens [--sizes L1-d8,L1-d12,...] [--families masked,uniform] [--rounds 3]
+    python -m bench.bench_tokens [--sizes L1-d8,...] [--families masked,...] [--json]
 
-Plain loop, as the calibration table is defined: bench.bench_train's reference loop (Transformer +
-the engine's AdamW param groups + LR schedule + grad clip + `objective.batch_loss`), 1 thread, batch
-8 x 128 of the packaged corpus at BPE 512, fp32. Each round
-times `--steps` steps (after 5 warm-up steps) of every variant, interleaved so that a noisy machine
-slows them alike; a variant's step time is the median over its rounds of the per-round medians.
+Every variant is the trainer's own step (trainer/job/loop.py `Loop.step`: data, noise, loss,
+engine.backward, clip, engine.step, loss.item()) of a laptop run (sweeps.recipe.LAPTOP_SHAPE: batch
+8 x 128, BPE 512, fp32, one thread, DeepSpeed ZeRO-0), differing only in EngineConfig:
 
-For masked diffusion two variants run: `scored` (the trainer's path: the output head and the loss run
-only at masked positions, NoiseFamily.scored_positions) and `all` (logits at every position, the
-same loss value). The printed ratio is all / scored step time, measured in this run.
+    eager      adamw=loop,  lean=False, compile=off   (the trainer before #16)
+    lean       adamw=fused, lean=True,  compile=off   (the default for runs < COMPILE_MIN_STEPS)
+    compiled   adamw=fused, lean=True,  compile=on    (the default for longer runs)
+
+The variants of one (size, family) run interleaved, a few steps each per round with the order
+rotated (bench.bench_train.time_variants), so that a shared, noisy machine slows them alike; a
+ratio is the median of per-round ratios. `compile_s` is the compiled variant's first five steps
+less five steady steps (dynamo + inductor; warm or cold inductor cache, as this machine has it), and
+`break_even_steps` = compile_s / (lean − compiled step time).
+
+Peak fraction (widths 256 and 512, autoregressive: every position's logits are computed) =
+training FLOPs per step (the project convention, core/flops.py) / step time / the fp32 matmul peak
+measured in this run on the same thread count (best probe of the run, one probe per round):
+`plain` is the reference PyTorch loop of bench.bench_train, `engine` the default (lean) engine
+step, and `engine_ratio` the engine ÷ plain step time at ZeRO-0 (lean) and ZeRO-3.
+Targets (issue 16): speedup >= 2 at widths <= 32 and >= 1.3 at 64-128; peak fraction >= 0.5;
+engine ÷ plain <= 1.10 at width >= 256.
 """
 from __future__ import annotations
 
 import argparse
-import statistics
+import json
+import tempfile
 import time
+from dataclasses import replace
+from pathlib import Path
 
 import torch
 
-from bench.bench_train import plain_stepper
-from trainer.config import TrainConfig
-from trainer.data.loader import DataConfig, load_corpus, sample_batch
-from core.flops import train_flops_per_token
-from core.ladder import LADDER, model_config
-from trainer.families.registry import NoiseConfig, build_family
+from bench.bench_train import engine_stepper, native_linear, plain_stepper, ratio, time_variants
+from core.ladder import LADDER
+from sweeps.grid import make_run
+from sweeps.recipe import LAPTOP_SHAPE
+from trainer.data.loader import load_corpus, sample_batch
+from trainer.families.registry import FAMILIES, build_family
+from trainer.job.engine import init_distributed, placement
+from trainer.plan import plan
+from trainer.tools.peak import cpu_model, measure
+from trainer.tools.probe import bare_loop
 
-SMALL = ("L1-d8", "L1-d12", "L1-d16", "L2-d16", "L2-d24", "L2-d32", "L2-d48", "L2-d64")
-FAMILIES = ("autoregressive", "masked", "uniform", "hybrid")
-B, T, V = 8, 128, 512
+SPEED_SIZES = ("L1-d8", "L2-d16", "L2-d32", "L2-d64", "L4-d128", "L6-d256")
+PEAK_SIZES = ("L6-d256", "L12-d512")
+VARIANTS = {"eager": dict(adamw="loop", lean=False, compile="off"),
+            "lean": dict(adamw="fused", lean=True, compile="off"),
+            "compiled": dict(adamw="fused", lean=True, compile="on")}
+COMPILE_STEPS = 5
 
 
-class Variant:
-    """One (size, family, path) training loop with its own model, optimizer and noise stream."""
+def run_config(size: str, family: str, **engine):
+    cfg = make_run("bench", LAPTOP_SHAPE, size=size, family=family, knob=None, budget=1e15,
+                   pool_tokens=None)
+    return replace(cfg, engine=replace(cfg.engine, **engine))
 
-    def __init__(self, size: str, family: str, scored: bool, corpus, total_steps: int):
-        fam = build_family(NoiseConfig(family=family), V)
-        if not scored:
-            fam.scored_positions = lambda batch: None      # logits at every position
-        mcfg = model_config(size, vocab_size=fam.input_vocab_size, out_vocab_size=V, seq_len=T,
-                            causal=fam.causal, time_cond=fam.time_cond_default)
-        batches = [torch.from_numpy(sample_batch(corpus.train, B, T, seed=0, step=i)) for i in range(8)]
-        self.step, _ = plain_stepper(mcfg, TrainConfig(batch_size=B, seq_len=T), fam, batches, total_steps)
-        self.fpt = train_flops_per_token(mcfg)
-        self.step_no = 0
-        self.times: list[float] = []
 
-    def run(self, steps: int, timed: bool) -> None:
-        ts = []
-        for _ in range(steps):
-            t0 = time.perf_counter()
-            self.step(self.step_no)
-            ts.append(time.perf_counter() - t0)
-            self.step_no += 1
-        if timed:
-            self.times.append(statistics.median(ts))
+def loop_stepper(cfg, corpus, place, root: Path):
+    """step(i) -> training loss: the job's own step (trainer.tools.probe.bare_loop) of `cfg`'s run,
+    on the packaged corpus."""
+    job = bare_loop(cfg, place, corpus.train, cfg.engine.compile == "on", root)
 
-    @property
-    def step_s(self) -> float:
-        return statistics.median(self.times)
+    def step(i: int) -> float:
+        with native_linear():            # torch's F.linear, even after a ZeRO-3 engine replaced it
+            return job.step(i)[0]
+    return step
+
+
+def bench_speed(size, family, corpus, place, root, probe, args) -> dict:
+    steppers = {n: loop_stepper(run_config(size, family, **v), corpus, place, root)
+                for n, v in VARIANTS.items()}
+    first = []
+    for i in range(COMPILE_STEPS):                     # the compile happens in these
+        t0 = time.perf_counter()
+        steppers["compiled"](i)
+        first.append(time.perf_counter() - t0)
+    t, _, _ = time_variants(steppers, 2, args.round_s, args.variant_s, args.rounds, probe)
+    med = {n: t[n].median() for n in t}
+    compile_s = sum(first) - COMPILE_STEPS * med["compiled"]
+    saving = med["lean"] - med["compiled"]
+    return {"size": size, "family": family, "width": LADDER[size].d_model,
+            "tokens_per_s": {n: LAPTOP_SHAPE.batch_size * LAPTOP_SHAPE.seq_len / m for n, m in med.items()},
+            "speedup": ratio(t["compiled"], t["eager"])[0] ** -1,
+            "speedup_lean": ratio(t["lean"], t["eager"])[0] ** -1,
+            "compile_s": compile_s,
+            "break_even_steps": compile_s / saving if saving > 0 else None}
+
+
+def bench_peak(size, corpus, place, root, probe, args) -> dict:
+    cfg = run_config(size, "autoregressive", **VARIANTS["lean"])
+    tc, p = cfg.train, plan(cfg, corpus.vocab_size)
+    family = build_family(cfg.noise, corpus.vocab_size)
+    batches = [torch.from_numpy(sample_batch(corpus.train, tc.batch_size, tc.seq_len, seed=0, step=s))
+               for s in range(4)]
+    z3 = replace(cfg.engine, zero_stage=3, compile="off")
+    built = {"plain": plain_stepper(p.model_cfg, tc, family, batches, p.steps)[0],
+             "engine": loop_stepper(cfg, corpus, place, root),
+             "zero3": engine_stepper(p.model_cfg, tc, z3, place, family, batches, p.steps)[0]}
+    t, _, _ = time_variants(built, 2, args.round_s, args.variant_s, 3, probe)
+    return {"size": size, "width": LADDER[size].d_model, "flops_per_step": p.flops_per_step,
+            "step_s": {n: t[n].median() for n in t},
+            "engine_ratio": {"zero0": ratio(t["engine"], t["plain"])[0],
+                             "zero3": ratio(t["zero3"], t["plain"])[0]}}
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--sizes", default=",".join(SMALL))
+    ap.add_argument("--sizes", default=",".join(SPEED_SIZES))
+    ap.add_argument("--peak-sizes", default=",".join(PEAK_SIZES))
     ap.add_argument("--families", default=",".join(FAMILIES))
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--steps", type=int, default=25)
+    ap.add_argument("--round-s", type=float, default=0.5)
+    ap.add_argument("--variant-s", type=float, default=3.0)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--json", action="store_true", help="print one JSON object (nothing else)")
     args = ap.parse_args(argv)
-    sizes, families = args.sizes.split(","), args.families.split(",")
-    for s in sizes:
-        if s not in LADDER:
+    for s in args.sizes.split(",") + args.peak_sizes.split(","):
+        if s and s not in LADDER:
             raise SystemExit(f"--sizes: {s!r} is not in the ladder")
-    torch.set_num_threads(1)
-    corpus = load_corpus(DataConfig(vocab_size=V))
-    print(f"tokens/s, plain loop, 1 thread, batch {B} x {T}, BPE {V}, fp32; median of {args.rounds} "
-          f"rounds x {args.steps} steps")
-    print(f"{'size':<8} {'FLOPs/tok':>9} " + " ".join(f"{f:>14}" for f in families)
-          + f" {'masked all/scored':>18}")
-    table = {}
-    total = 5 + args.rounds * args.steps
-    for size in sizes:
-        variants = {f: Variant(size, f, True, corpus, total) for f in families}
-        if "masked" in families:
-            variants["masked-all"] = Variant(size, "masked", False, corpus, total)
-        for v in variants.values():
-            v.run(5, timed=False)
-        order = list(variants)
-        for r in range(args.rounds):
-            for name in order[r % len(order):] + order[:r % len(order)]:
-                variants[name].run(args.steps, timed=True)
-        tok = {f: B * T / variants[f].step_s for f in families}
-        table[size] = tok
-        ratio = (f"{variants['masked-all'].step_s / variants['masked'].step_s:>17.2f}x"
-                 if "masked" in families else "")
-        fpt = next(iter(variants.values())).fpt
-        print(f"{size:<8} {fpt:>9.3g} " + " ".join(f"{tok[f]:>14,.0f}" for f in families) + f" {ratio}",
-              flush=True)
-    print("\nas CPU_TOKENS_PER_S rows:")
-    for size, tok in table.items():
-        print(f'    "{size}": {{' + ", ".join(f'"{f}": {tok[f] / 1e3:.1f}e3' for f in families) + "},")
+    for f in args.families.split(","):
+        if f not in FAMILIES:
+            raise SystemExit(f"--families: {f!r} is not a family ({', '.join(FAMILIES)})")
+    say = (lambda *a, **k: None) if args.json else print
+    threads = LAPTOP_SHAPE.engine.threads
+    torch.set_num_threads(threads)
+    place = placement(LAPTOP_SHAPE.engine)
+    init_distributed(place)
+    corpus = load_corpus(run_config("L1-d8", "masked").data)
+    peaks = [measure(place.device, torch.float32)]
+    probe = lambda: peaks.append(measure(place.device, torch.float32, seconds=0.1, windows=2))  # noqa: E731
+    root = Path(tempfile.mkdtemp(prefix="bench_tokens_"))
+    say(f"CPU: {cpu_model()}; {threads} thread; fp32 matmul peak {peaks[0] / 1e9:.0f} GFLOP/s (first probe); "
+        f"batch {LAPTOP_SHAPE.batch_size} x {LAPTOP_SHAPE.seq_len}, BPE {LAPTOP_SHAPE.vocab_size}, ZeRO-0")
+    say(f"{'size':<9} {'family':<15} {'eager tok/s':>11} {'lean':>8} {'compiled':>9} "
+        f"{'lean/eager':>10} {'comp/eager':>10} {'compile s':>9} {'break-even':>10}")
+    speed = []
+    for size in [s for s in args.sizes.split(",") if s]:
+        for fam in args.families.split(","):
+            r = bench_speed(size, fam, corpus, place, root, probe, args)
+            speed.append(r)
+            tok = r["tokens_per_s"]
+            be = r["break_even_steps"]
+            say(f"{size:<9} {fam:<15} {tok['eager']:>11,.0f} {tok['lean']:>8,.0f} {tok['compiled']:>9,.0f} "
+                f"{r['speedup_lean']:>10.2f} {r['speedup']:>10.2f} {r['compile_s']:>9.1f} "
+                f"{'never' if be is None else f'{be:,.0f}':>10}", flush=True)
+    peak_rows = [bench_peak(s, corpus, place, root, probe, args) for s in args.peak_sizes.split(",") if s]
+    peak = max(peaks)
+    fraction = {}
+    for r in peak_rows:
+        fraction[r["width"]] = {n: r["flops_per_step"] / r["step_s"][n] / peak for n in ("plain", "engine")}
+        say(f"{r['size']:<9} autoregressive  plain {fraction[r['width']]['plain']:.1%} of peak, engine "
+            f"{fraction[r['width']]['engine']:.1%}; engine/plain ZeRO-0 {r['engine_ratio']['zero0']:.3f}, "
+            f"ZeRO-3 {r['engine_ratio']['zero3']:.3f}", flush=True)
+    say(f"best matmul peak probe of the run: {peak / 1e9:.0f} GFLOP/s")
+    report = {"cpu": cpu_model(), "threads": threads, "peak_gflops": peak / 1e9,
+              "speedup": _by_width(speed, "speedup"), "speedup_lean": _by_width(speed, "speedup_lean"),
+              "compile_s": _by_width(speed, "compile_s"),
+              "break_even_steps": _by_width(speed, "break_even_steps"),
+              "tokens_per_s": _by_width(speed, "tokens_per_s"),
+              "peak_fraction": fraction,
+              "engine_ratio": {r["width"]: r["engine_ratio"] for r in peak_rows}}
+    if args.json:
+        print(json.dumps(report, indent=1))
     return 0
+
+
+def _by_width(rows: list[dict], key: str) -> dict:
+    out: dict = {}
+    for r in rows:
+        out.setdefault(r["width"], {})[r["family"]] = r[key]
+    return out
 
 
 if __name__ == "__main__":

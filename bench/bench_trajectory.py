@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from mlflow.tracking import MlflowClient
 
-from bench.bench_loss import cpu_model
+from trainer.tools.peak import cpu_model
 from core import schema as M
 from sweeps.grid import make_run
 from sweeps.recipe import SMOKE_SHAPE

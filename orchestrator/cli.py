@@ -152,7 +152,7 @@ def sweep_clock(todo: list[RunConfig], slots: int, plans: dict[str, Plan] | None
     the clock rescales it by the actual / predicted seconds of the runs finished so far."""
     t0 = time.perf_counter()
     if len(todo) >= PROBE_MIN_RUNS:
-        rows = estimate(todo, progress=lambda line: None, plans=plans)
+        rows = estimate(todo, progress=lambda line: None, plans=plans, slots=slots)
         source = f"throughput probe, {time.perf_counter() - t0:.0f} s"
     else:
         rows = estimate(todo, progress=lambda line: None, tokens_per_s=lambda c, p: NOMINAL_TOKENS_PER_S,
@@ -207,12 +207,13 @@ def main(argv=None) -> int:
               f"{pre['total_flops']:.3g} FLOPs, one run per point {pre['flops_if_independent']:.3g} "
               f"({pre['saving']:.0%} saved)", file=sys.stderr if args.json else sys.stdout, flush=True)
         if args.json:
-            rows = estimate(configs, plans=plans, progress=lambda line: print(line, file=sys.stderr))
+            rows = estimate(configs, plans=plans, progress=lambda line: print(line, file=sys.stderr),
+                            slots=slots)
             print(json.dumps({"sweep": name, "preset": args.preset or sweeps.DEFAULT_PRESET,
                               **summary(rows, slots)}, indent=1))
             return 0
         print(f"sweep {name}: {len(configs)} runs; measuring throughput (a few steps per model shape)")
-        print(table(estimate(configs, plans=plans), slots))
+        print(table(estimate(configs, plans=plans, slots=slots), slots))
         return 0
 
     from orchestrator import runner

@@ -27,34 +27,57 @@ class Row:
 
 
 def _shape_key(cfg: RunConfig, p: Plan) -> tuple:
-    return (p.model_cfg, cfg.train.batch_size, cfg.engine.threads, cfg.noise.family)
+    return (p.model_cfg, cfg.train.batch_size, cfg.engine, cfg.noise.family, cfg.engine.compiles(p.steps))
 
 
-def probe_tokens_per_s(cfg: RunConfig, p: Plan) -> float:
-    """Measured training tokens/s of this run's model (trainer/tools/probe.py: torch, imported here
-    only when a probe runs)."""
-    from trainer.tools.probe import tokens_per_s
-    return tokens_per_s(cfg)
+def probe_shapes(configs: list[RunConfig], slots: int, progress=print) -> list[tuple[float, float]]:
+    """(tokens/s, warm-up seconds beyond steady steps) of each config's job step, measured by
+    trainer/tools/probe.py in `slots` processes that time their steps at the same moments (a
+    barrier after each warm-up), as the sweep's concurrent trials train: two one-thread trials
+    share caches and memory bandwidth, which one probe at a time does not see (issue 16: real
+    trials took 1.25x the one-at-a-time probe). The list is padded to a multiple of `slots`
+    so that the last probes have company too. torch is imported in those processes only."""
+    import multiprocessing
+    from trainer.tools.probe import init_worker, probe_worker
+    if not configs:
+        return []
+    n = max(1, min(slots, len(configs)))
+    jobs = [c.to_json() for c in configs]
+    jobs += jobs[:(-len(jobs)) % n]                  # company for the last round
+    ctx = multiprocessing.get_context("spawn")
+    out = []
+    with ctx.Pool(n, initializer=init_worker, initargs=(ctx.Barrier(n, timeout=900),)) as pool:
+        for i, res in enumerate(pool.imap(probe_worker, jobs)):
+            if i < len(configs):
+                cfg = configs[i]
+                progress(f"  probe {cfg.noise.family:<14} {cfg.size:<9}: {res[0]:,.0f} tok/s"
+                         + (f" (compile {res[1]:.0f} s)" if res[1] >= 1 else ""))
+                out.append(res)
+    return out
 
 
-def estimate(configs: list[RunConfig], progress=print, tokens_per_s=probe_tokens_per_s,
-             plans: Mapping[str, Plan] | None = None) -> list[Row]:
-    """Predicted slot seconds per run: training + evaluation tokens at `tokens_per_s(cfg, plan)`
-    (default: measured by a short probe per model shape) plus a fixed per-trial overhead.
-    `plans`: run id -> Plan already computed by the caller (else planned here)."""
-    cache: dict[tuple, float] = {}
+def estimate(configs: list[RunConfig], progress=print, tokens_per_s=None,
+             plans: Mapping[str, Plan] | None = None, slots: int = 1) -> list[Row]:
+    """Predicted slot seconds per run: training + evaluation tokens at the measured tokens/s plus a
+    fixed per-trial overhead plus the probe's warm-up excess (the compile, when the run compiles).
+    Default: a probe per model shape (probe_shapes, `slots` at once); `tokens_per_s(cfg, plan)`
+    instead gives the throughput (no warm-up cost). `plans`: run id -> Plan already computed by the
+    caller (else planned here)."""
+    ps = [plans[c.run_id()] if plans is not None else plan(c, c.data.vocab_size) for c in configs]
+    first: dict[tuple, int] = {}
+    for i, (cfg, p) in enumerate(zip(configs, ps)):
+        first.setdefault(_shape_key(cfg, p), i)
+    if tokens_per_s is None:
+        measured = dict(zip(first, probe_shapes([configs[i] for i in first.values()], slots, progress)))
+    else:
+        measured = {k: (tokens_per_s(configs[i], ps[i]), 0.0) for k, i in first.items()}
     rows = []
-    for cfg in configs:
-        p = plans[cfg.run_id()] if plans is not None else plan(cfg, cfg.data.vocab_size)
-        key = _shape_key(cfg, p)
-        if key not in cache:
-            cache[key] = tokens_per_s(cfg, p)
-            progress(f"  probe {cfg.noise.family:<14} {cfg.size:<9}: {cache[key]:,.0f} tok/s")
-        tok_s = cache[key]
+    for cfg, p in zip(configs, ps):
+        tok_s, warm_s = measured[_shape_key(cfg, p)]
         tc = cfg.train
         train_tokens = p.steps * tc.batch_size * tc.seq_len
         eval_tokens = len(p.eval_steps) * tc.eval_seqs * tc.eval_t_repeats * tc.seq_len
-        seconds = (train_tokens + EVAL_COST * eval_tokens) / tok_s + TRIAL_OVERHEAD_S
+        seconds = (train_tokens + EVAL_COST * eval_tokens) / tok_s + TRIAL_OVERHEAD_S + warm_s
         rows.append(Row(cfg, p, tok_s, seconds + _branch_seconds(cfg, tok_s)))
     return rows
 

@@ -132,6 +132,13 @@ class TrainConfig:
                              f"(got {self.schedule!r})")
 
 
+ADAMW_IMPLS = ("fused", "foreach", "loop")
+# engine.compile='auto' compiles a job of at least this many steps: bench/bench_tokens.py measured
+# the compile repaid after a median ~2,400 steps (860-8,400) at widths 8-64 (2-core AMD EPYC,
+# 1 thread, batch 8 x 128, BPE 512), where one step saves 0.3-3 ms against a 1-20 s compile.
+COMPILE_MIN_STEPS = 2000
+
+
 @dataclass(frozen=True, kw_only=True)
 class EngineConfig:
     """How the job runs; not part of the run id (the same science on 1 or 8 ranks)."""
@@ -155,10 +162,31 @@ class EngineConfig:
     Measured on 2 shared CPU threads (bench/bench_train.py, three runs), ZeRO-3's step-time
     overhead over plain PyTorch drops from +42-44% to +25-33% at L2-d64 and from +12-26% to +7-15%
     at L6-d256. Off = DeepSpeed's default per-module fetching. Crossover: trainer/job/engine.py."""
+    compile: str = "auto"
+    """torch.compile (inductor) of the training loss, model included (trainer/job/engine.py
+    compiled_loss): 'on', 'off', or 'auto' = on for a run of at least COMPILE_MIN_STEPS
+    steps, where the per-step saving repays the compile (measured: bench/bench_tokens.py). ZeRO
+    stage 0 only. Evaluation runs eagerly either way. The compile is paid once per job and model
+    shape (seconds; from inductor's on-disk cache after the first time on a machine)."""
+    adamw: str = "fused"
+    """torch AdamW implementation: 'fused' (one kernel per parameter group), 'foreach' or 'loop'
+    (per-parameter ops, the implementation before #16). The same update up to float rounding;
+    measured: the optimizer step is 2-2.7x faster fused on 1 CPU thread (bench/bench_tokens.py)."""
+    lean: bool = True
+    """ZeRO-0 in fp32: clip gradients with torch's foreach clip_grad_norm_ between engine.backward
+    and engine.step instead of DeepSpeed's per-parameter clip (the same global norm: ZeRO-0
+    gradients are whole and, after the all-reduce, identical on every rank), and on one rank skip
+    DeepSpeed's gradient all-reduce (nothing to reduce). Measured: bench/bench_tokens.py."""
     workers: int = 1
     """Data-parallel DeepSpeed ranks per trial (orchestrator: Ray Train workers, each `threads` CPU
     threads or one GPU). The global batch is split over them, so train.batch_size and
     train.eval_seqs must be divisible by it; results match one rank up to float summation order."""
+
+    def compiles(self, steps: int) -> bool:
+        """Whether a job of `steps` optimizer steps compiles its training loss (`compile`)."""
+        if self.compile != "auto":
+            return self.compile == "on"
+        return self.zero_stage == 0 and steps >= COMPILE_MIN_STEPS
 
     def __post_init__(self):
         check_types(type(self), vars(self), "engine.")
@@ -169,6 +197,13 @@ class EngineConfig:
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ValueError(f"engine.precision must be auto|fp32|bf16, got {self.precision!r}")
         _positive(self, "engine", ("threads",))
+        if self.compile not in ("auto", "on", "off"):
+            raise ValueError(f"engine.compile must be auto|on|off, got {self.compile!r}")
+        if self.compile == "on" and self.zero_stage != 0:
+            raise ValueError(f"engine.compile='on' needs engine.zero_stage=0 (got {self.zero_stage}): "
+                             f"ZeRO-1/2/3 hook into the forward that a compiled loss bypasses")
+        if self.adamw not in ADAMW_IMPLS:
+            raise ValueError(f"engine.adamw must be one of {'|'.join(ADAMW_IMPLS)}, got {self.adamw!r}")
         if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1:
             raise ValueError(f"engine.workers must be a positive integer, got {self.workers!r}")
 

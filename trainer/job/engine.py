@@ -157,7 +157,7 @@ def ds_config(train: TrainConfig, eng: EngineConfig, place: Placement, world: in
         "train_batch_size": train.batch_size,
         "train_micro_batch_size_per_gpu": train.batch_size // world,
         "gradient_accumulation_steps": 1,
-        "gradient_clipping": train.grad_clip,
+        "gradient_clipping": 0.0 if torch_clips(eng, place) else train.grad_clip,
         "zero_optimization": zero,
         "bf16": {"enabled": place.dtype == torch.bfloat16},
         "zero_allow_untested_optimizer": True,
@@ -166,14 +166,22 @@ def ds_config(train: TrainConfig, eng: EngineConfig, place: Placement, world: in
     }
 
 
-def build_optimizer(model: torch.nn.Module, train: TrainConfig, total_steps: int):
-    """(AdamW, LambdaLR) of a run: weight decay on matrices only, foreach=False, the LR schedule of
-    `lr_lambda`. The engine's optimizer, and the bench's plain reference loop's."""
+def torch_clips(eng: EngineConfig, place: Placement) -> bool:
+    """Whether the job clips gradients itself (EngineConfig.lean) rather than DeepSpeed: ZeRO-0 in
+    fp32 only (ZeRO-1/2/3 hold partitioned gradients; in bf16 DeepSpeed clips its fp32 copies)."""
+    return eng.lean and eng.zero_stage == 0 and place.dtype == torch.float32
+
+
+def build_optimizer(model: torch.nn.Module, train: TrainConfig, total_steps: int, impl: str = "fused"):
+    """(AdamW, LambdaLR) of a run: weight decay on matrices only, the implementation `impl`
+    (EngineConfig.adamw), the LR schedule of `lr_lambda`. The engine's optimizer, and the bench's
+    plain reference loop's."""
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]     # norms, biases
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": train.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}],
-                            lr=train.lr, betas=(train.beta1, train.beta2), foreach=False)
+                            lr=train.lr, betas=(train.beta1, train.beta2),
+                            foreach=impl == "foreach", fused=impl == "fused" or None)
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(train, total_steps))
 
 
@@ -182,10 +190,34 @@ def build_engine(model: torch.nn.Module, train: TrainConfig, eng: EngineConfig, 
     """deepspeed.initialize with a client torch AdamW (nothing to compile) and a LambdaLR that the
     engine steps and checkpoints."""
     import deepspeed
-    opt, sched = build_optimizer(model, train, total_steps)
+    opt, sched = build_optimizer(model, train, total_steps, eng.adamw)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=opt, lr_scheduler=sched,
                                            config=ds_config(train, eng, place, world))
+    if eng.lean and eng.zero_stage == 0 and world == 1:
+        engine.enable_backward_allreduce = False        # one rank: nothing to all-reduce
     return engine
+
+
+def compiled_loss(threads: int = 1):
+    """The training loss (objective.loss) under torch.compile (inductor), for a job to call with
+    the engine's module instead of the engine (EngineConfig.compile, ZeRO stage 0 only).
+
+    Model and loss compile as one graph (between the graph breaks of data-dependent shapes, such
+    as masked diffusion's scored positions), so the backward is one compiled graph too. The engine
+    is bypassed for the forward only: at ZeRO-0 its forward adds nothing but timers and the output
+    hooks that start them; engine.backward (loss scaling, the data-parallel gradient all-reduce)
+    and engine.step run as before. ZeRO-1/2/3 hook the optimizer or the parameters into the
+    forward, hence stage 0 only. Dynamo's in-memory caches are dropped first: a reused worker runs
+    one job after another, and each new model would otherwise count against dynamo's per-function
+    recompile limit until it silently fell back to eager. Inductor's on-disk cache survives.
+    `threads`: the CPU threads the job owns (EngineConfig.threads), its compile workers too."""
+    import torch._dynamo
+    import torch._inductor.config
+    from trainer.job import objective
+    torch._dynamo.reset()
+    # inductor compiles in a pool of processes, one per CPU by default: a job owns `threads` of them
+    torch._inductor.config.compile_threads = max(1, threads)
+    return torch.compile(objective.loss)
 
 
 def extensions_dir() -> str:

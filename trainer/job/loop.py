@@ -65,6 +65,11 @@ class Loop:
     last_eval_t: float
     last_eval_step: int
     """time.perf_counter() and step of the last evaluation (or the start): tokens/s since then."""
+    clip: bool = False
+    """Clip gradients here, not in DeepSpeed (engine.torch_clips)."""
+    compiled: Callable | None = None
+    """The compiled training loss (engine.compiled_loss), called with the engine's module; None:
+    objective.loss through the engine (EngineConfig.compile)."""
 
     def step(self, step: int) -> tuple[float, bool, bool]:
         """One optimizer step: (training loss, diverged on any rank, checkpoint due on any rank)."""
@@ -78,9 +83,14 @@ class Loop:
         local = batch.rows(rows)
         norm = family.loss_count(batch) / self.world       # global normaliser: see NoiseFamily.loss
         with place.autocast:
-            loss = objective.loss(engine, family, local, normalizer=norm)
+            if self.compiled is None:
+                loss = objective.loss(engine, family, local, normalizer=norm)
+            else:
+                loss = self.compiled(engine.module, family, local, normalizer=norm)
         skipped = engine.skipped_steps
         engine.backward(loss)
+        if self.clip:
+            torch.nn.utils.clip_grad_norm_(engine.module.parameters(), tc.grad_clip, foreach=True)
         engine.step()
         value = loss.item()
         # DeepSpeed skips (rather than applies) a step whose gradients are non-finite: in fp32/bf16
@@ -98,7 +108,8 @@ class Loop:
     def evaluate(self, step: int) -> float:
         """Validation NELBO at `step` on the fixed windows; logged (rank 0) and reported."""
         tc, p = self.cfg.train, self.p
-        with self.place.autocast:
+        # eagerly: a compiled module would otherwise compile a no-grad graph at the eval batch too
+        with self.place.autocast, torch.compiler.set_stance("force_eager"):
             nelbo = evaluate(self.engine, self.family, self.val, seed=12345, batch_size=32,
                              t_repeats=tc.eval_t_repeats, device=self.place.device, rank=self.rank,
                              world=self.world)

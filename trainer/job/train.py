@@ -30,7 +30,8 @@ from trainer.config import RunConfig
 from trainer.data.loader import load_corpus, validation_windows
 from trainer.families.registry import build_family
 from trainer.job import checkpoint
-from trainer.job.engine import build_engine, init_distributed, placement
+from trainer.job.engine import (build_engine, compiled_loss, init_distributed, placement,
+                                 torch_clips)
 from trainer.job.loop import Loop
 from trainer.job.tracking import Tracker
 from trainer.model.transformer import Transformer
@@ -292,7 +293,9 @@ def _loop(cfg: RunConfig, p: Plan, engine, family, corpus, place, rank: int, wor
                train_tokens=corpus.train, val=validation_windows(corpus.val, tc.eval_seqs, tc.seq_len),
                peak=peak, wall0=state.get("wall_time_s", 0.0), t0=time.perf_counter(),
                loss_sum=state.get("loss_sum", 0.0), loss_n=state.get("loss_n", 0),
-               last_ckpt=time.monotonic(), last_eval_t=time.perf_counter(), last_eval_step=start)
+               last_ckpt=time.monotonic(), last_eval_t=time.perf_counter(), last_eval_step=start,
+               clip=torch_clips(cfg.engine, place),
+               compiled=compiled_loss(cfg.engine.threads) if cfg.engine.compiles(p.steps - start) else None)
     eval_set = set(p.eval_steps)
     engine.train()
     nelbo = None

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import socket
 import time
 from pathlib import Path
@@ -16,6 +17,17 @@ import torch
 from core.paths import REPO_ROOT
 
 CACHE = Path(os.environ.get("DLM_CACHE_DIR", REPO_ROOT / ".cache")) / "peak_flops.json"
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), printed by every bench beside its measured peak."""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def measure(device: torch.device, dtype: torch.dtype, n: int = 1024, windows: int = 6,
