@@ -171,7 +171,7 @@ class EngineConfig:
     adamw: str = "fused"
     """torch AdamW implementation: 'fused' (one kernel per parameter group), 'foreach' or 'loop'
     (per-parameter ops, the implementation before #16). The same update up to float rounding;
-    measured: the optimizer step is 2-2.7x faster fused on 1 CPU thread (bench/bench_tokens.py)."""
+    measured: clip + optimizer step 2.0-2.7x faster fused on 1 CPU thread (docs/throughput.md)."""
     lean: bool = True
     """ZeRO-0 in fp32: clip gradients with torch's foreach clip_grad_norm_ between engine.backward
     and engine.step instead of DeepSpeed's per-parameter clip (the same global norm: ZeRO-0

@@ -64,6 +64,9 @@ def quiet_logs() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", category=UserWarning, module="deepspeed")
     warnings.filterwarnings("ignore", category=FutureWarning)
+    # a compiled loss (compiled_loss) graph-breaks at DeepSpeed's forward hooks (their timers call
+    # time.time); dynamo warns about that once per process and job: expected, not actionable
+    warnings.filterwarnings("ignore", message="Dynamo does not know how to trace the builtin")
 
 
 def init_distributed(place: Placement) -> tuple[int, int]:
