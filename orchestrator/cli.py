@@ -146,13 +146,15 @@ NOMINAL_TOKENS_PER_S = 50e3  # order of one CPU thread here (sweeps/calibration.
 
 def sweep_clock(todo: list[RunConfig], slots: int, plans: dict[str, Plan] | None = None) -> SweepClock:
     """The ETA of the per-run lines. Its prior: the dry run's estimate (a throughput probe per model
-    shape) for sweeps of >= PROBE_MIN_RUNS runs to do (measured on 2 loaded cores: 13.6 s for the
-    quick preset's 30 runs / 12 shapes, ~2% of its ~10 min; 16 s for smoke's 6 runs / 6 shapes,
-    ~40% of its ~40 s); below that the same formula at a nominal NOMINAL_TOKENS_PER_S. Either way
-    the clock rescales it by the actual / predicted seconds of the runs finished so far."""
+    shape, `slots` at a time, compiling where the jobs compile: measured 32 s for quick's 8 shapes
+    and 4.3 min for laptop's 27 with inductor's cache cold, which those compiles then warm for the
+    trials) for sweeps of >= PROBE_MIN_RUNS runs to do; below that the same formula at a nominal
+    NOMINAL_TOKENS_PER_S. Either way the clock rescales it by the actual / predicted seconds of the
+    runs finished so far."""
     t0 = time.perf_counter()
     if len(todo) >= PROBE_MIN_RUNS:
-        rows = estimate(todo, progress=lambda line: None, plans=plans, slots=slots)
+        print(f"estimate: probing the throughput of each model shape ({slots} at a time)", flush=True)
+        rows = estimate(todo, progress=lambda line: print(line, flush=True), plans=plans, slots=slots)
         source = f"throughput probe, {time.perf_counter() - t0:.0f} s"
     else:
         rows = estimate(todo, progress=lambda line: None, tokens_per_s=lambda c, p: NOMINAL_TOKENS_PER_S,
