@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 import tempfile
 import time
 from dataclasses import replace
@@ -126,6 +128,11 @@ def main(argv=None) -> int:
         if f not in FAMILIES:
             raise SystemExit(f"--families: {f!r} is not a family ({', '.join(FAMILIES)})")
     say = (lambda *a, **k: None) if args.json else print
+    stdout = None
+    if args.json:            # stdout holds the JSON only: what DeepSpeed and its op builds print
+        sys.stdout.flush()   # (at the file-descriptor level too) goes to stderr meanwhile
+        stdout = os.dup(1)
+        os.dup2(2, 1)
     threads = LAPTOP_SHAPE.engine.threads
     torch.set_num_threads(threads)
     place = placement(LAPTOP_SHAPE.engine)
@@ -165,6 +172,8 @@ def main(argv=None) -> int:
               "peak_fraction": fraction,
               "engine_ratio": {r["width"]: r["engine_ratio"] for r in peak_rows}}
     if args.json:
+        sys.stdout.flush()
+        os.dup2(stdout, 1)
         print(json.dumps(report, indent=1))
     return 0
 

@@ -61,3 +61,24 @@ def test_lean_and_compiled_jobs_train_the_eager_model(tmp_path, family):
         assert val == pytest.approx(ref_val, rel=1e-3), name
         assert tr == pytest.approx(ref_train, rel=1e-3), name
     assert ref_val[-1] < ref_val[0] - 0.05                 # and it learned something
+
+
+def test_bench_tokens_json_is_the_only_stdout(tmp_path):
+    """`python -m bench.bench_tokens --json` prints one JSON object a script can check (the bench's
+    numbers are not asserted: this is a shared, noisy machine)."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO, clean_env
+    r = subprocess.run([sys.executable, "-m", "bench.bench_tokens", "--json", "--sizes", "L1-d8",
+                        "--families", "masked", "--peak-sizes", "L1-d16", "--variant-s", "0.2",
+                        "--rounds", "1"], cwd=REPO, env=clean_env(DS_ACCELERATOR="cpu"),
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    d = json.loads(r.stdout)
+    assert d["cpu"] and d["peak_gflops"] > 0
+    assert set(d["speedup"]) == {"8"} and d["speedup"]["8"]["masked"] > 0
+    assert set(d["peak_fraction"]["16"]) == {"plain", "engine"}
+    assert 0 < d["peak_fraction"]["16"]["engine"] < 1
+    assert set(d["engine_ratio"]["16"]) == {"zero0", "zero3"}
