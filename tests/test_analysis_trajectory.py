@@ -232,8 +232,13 @@ def test_classic_study_fits_are_unchanged():
     study = fit_study(final, dropped, n_boot=40, seed=3)
     t = report.fits_table(study).set_index(["group", "law", "quantity"])
     for key, (est, lo, hi) in CLASSIC_PINNED.items():
-        np.testing.assert_allclose(t.loc[key, ["estimate", "lo", "hi"]].to_numpy(float),
-                                   [est, lo, hi], rtol=1e-9, err_msg=str(key))
+        # The pins are least-squares optima and bootstrap quantiles of them; across CPUs of this
+        # machine kind (BLAS kernels) estimates differ up to ~1e-8 relative and a bound up to
+        # 1.3e-4 (one bootstrap draw's optimiser path; an AMD EPYC vs the pinning machine). Hence
+        # 1e-6 / 1e-3 here; the same code path on one machine is checked bit for bit just below.
+        got = t.loc[key, ["estimate", "lo", "hi"]].to_numpy(float)
+        np.testing.assert_allclose(got[0], est, rtol=1e-6, err_msg=str(key))
+        np.testing.assert_allclose(got[1:], [lo, hi], rtol=1e-3, err_msg=str(key))
     # and bit for bit the path without a trunk column (a bootstrap over points)
     old = fit_study(final.drop(columns="trunk"), dropped, n_boot=40, seed=3)
     pd.testing.assert_frame_equal(report.fits_table(study), report.fits_table(old))
