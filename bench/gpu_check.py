@@ -139,36 +139,33 @@ def time_plain(size, fam_name, sc: Scale, device) -> tuple[float, float]:
 
 
 def time_engine(size, fam_name, sc: Scale, device, stage: int) -> tuple[float, float]:
-    """(median step seconds, FLOPs per step) of the DeepSpeed engine at ZeRO `stage`, 1 rank."""
-    from trainer.config import EngineConfig, TrainConfig
-    from trainer.job.engine import build_engine, init_distributed, placement, torch_clips
+    """(median step seconds, FLOPs per step) of the DeepSpeed engine at ZeRO `stage`, 1 rank: the
+    job's own step (trainer.tools.probe.bare_loop: trainer/job/loop.py Loop.step) on random tokens."""
+    from trainer.config import EngineConfig, RunConfig, TrainConfig
+    from trainer.data.loader import DataConfig
+    from trainer.job.engine import init_distributed, placement
+    from trainer.plan import plan
+    from trainer.tools.probe import bare_loop
     eng = EngineConfig(device=device.type, precision="bf16" if device.type == "cuda" else "fp32",
                        zero_stage=stage, compile="off")
+    cfg = RunConfig(size=size, noise=NoiseConfig(family=fam_name), data=DataConfig(vocab_size=sc.vocab),
+                    train=TrainConfig(batch_size=sc.batch, seq_len=sc.seq_len, lr=1e-4, budget_flops=1e21),
+                    engine=eng)
     place = placement(eng)
     init_distributed(place)
-    family = build_family(NoiseConfig(family=fam_name), sc.vocab)
-    model, cfg = _model(size, family, sc.vocab, sc.seq_len, device)
-    tc = TrainConfig(batch_size=sc.batch, seq_len=sc.seq_len, lr=1e-4)
-    engine = build_engine(model, tc, eng, place, 1, 1000)
-    gen = torch.Generator(device).manual_seed(0)
+    tokens = np.random.default_rng(0).integers(0, sc.vocab, 1 << 20, dtype=np.int64)
+    loop = bare_loop(cfg, place, tokens, False, Path("/nonexistent-gpu-check"))
     times = []
     try:
         for i in range(2 + sc.timed_steps):
-            window = torch.randint(0, sc.vocab, (sc.batch, sc.seq_len + 1), device=device, generator=gen)
             _sync(device)
             t0 = time.perf_counter()
-            with place.autocast:
-                loss = objective.batch_loss(engine, family, window, gen)
-            engine.backward(loss)
-            if torch_clips(eng, place):
-                torch.nn.utils.clip_grad_norm_(engine.module.parameters(), tc.grad_clip, foreach=True)
-            engine.step()
-            loss.item()
+            loop.step(i)
             _sync(device)
             times.append(time.perf_counter() - t0)
     finally:
-        engine.destroy()
-    return statistics.median(times[2:]), train_flops_per_token(cfg) * sc.batch * sc.seq_len
+        loop.engine.destroy()
+    return statistics.median(times[2:]), plan(cfg, sc.vocab).flops_per_step
 
 
 def corpus_for(data: str | None, sc: Scale):
