@@ -35,7 +35,7 @@ test-cluster: $(STAMP)
 
 # Build (or find) the tokenised corpus cache and print its statistics.
 data: $(STAMP)
-	$(PY) -m trainer.data.loader
+	$(PY) -m trainer.data.cli
 
 # Every bench/bench_*.py in turn (training step vs plain PyTorch, MFU, MLflow share; the law fit).
 bench: $(STAMP)

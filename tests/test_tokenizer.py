@@ -13,7 +13,6 @@ import pytest
 import sentencepiece
 
 from trainer.data.corpus import EOT_TEXT, CorpusError
-from trainer.data.token_cache import train_tokenizer
 from trainer.data.tokenizer import (
     SAVED_KINDS,
     TextTokenizer,
@@ -28,6 +27,21 @@ WORDS = ("the a of to and in is was for on with as by at from that this river ci
 TEXTS = [" ".join(WORDS[(i * 7 + j * 3) % len(WORDS)] for j in range(60)) + f". Line {i}!\n"
          for i in range(200)]
 SP_VOCAB = 400  # byte_fallback: 256 byte pieces + the characters + merges
+
+
+def train_tokenizer(texts, vocab_size):
+    """The recipe every cache before user tokenizers was built with (token_cache.train_tokenizer,
+    TOKENIZER_RECIPE_VERSION 1), frozen here: train_bpe must keep its ids."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOT_TEXT], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(texts, trainer=trainer, length=len(texts))
+    return tok
+
+
 SAMPLE = "The king's café — naïve 日本語 🤖\n\ttabs  and  spaces, digits 12345."
 
 

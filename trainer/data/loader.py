@@ -16,7 +16,7 @@ The cache directory is `<cache_dir>/<key>`, key = hash of everything that change
 (`cache_key_inputs`). Builds happen in a temp dir renamed into place under a file lock, so parallel
 trials build once and never read a half-written cache, and a failed build touches no existing cache.
 
-Run `python -m trainer.data.loader --help` to build and print the corpus table.
+Run `python -m trainer.data.cli --help` (or `make data`) to build and print the corpus table.
 """
 
 from __future__ import annotations
@@ -26,11 +26,9 @@ import fcntl
 import hashlib
 import json
 import logging
-import math
 import os
 import shutil
 import tempfile
-import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -290,37 +288,35 @@ def load_corpus(cfg: DataConfig) -> Corpus:
 
 @dataclasses.dataclass(frozen=True, kw_only=True, eq=False)
 class Corpus:
-    train: np.memmap
-    """Train token ids, every document followed by `eot_id`."""
-    val: np.memmap
+    train: TokenShards
+    """Train token ids, every document followed by `eot_id`: one array over the split's shards."""
+    val: TokenShards
     """Validation token ids, same layout."""
-    tokenizer: Tokenizer
-    """Byte-level BPE that produced the arrays (`encode(text).ids`, `decode(ids)`)."""
+    tokenizer: TextTokenizer
+    """The tokenizer that produced the arrays (`encode_batch(texts)`, `decode(ids)`)."""
     vocab_size: int
     """Real tokenizer size (below the requested size if a tiny corpus runs out of merges)."""
     eot_id: int
-    """Id of `<|endoftext|>`, the document terminator."""
+    """Id of the document terminator (`<|endoftext|>` for the trained BPE: 0)."""
     meta: dict
     """Contents of meta.json: key inputs, per-source/per-split counts, dtype, build time."""
     path: Path
-    """Cache directory holding train.bin, val.bin, tokenizer.json, meta.json, documents.json."""
+    """Cache directory: the shards, index.json, the tokenizer's files, meta.json, documents.json."""
 
     @classmethod
     def open(cls, path: Path) -> Corpus:
         meta = json.loads((path / "meta.json").read_text())
-        dtype = np.dtype(meta["dtype"])
-        arrays = {s: np.memmap(path / f"{s}.bin", dtype=dtype, mode="r") for s in ("train", "val")}
         return cls(
-            train=arrays["train"],
-            val=arrays["val"],
-            tokenizer=Tokenizer.from_file(str(path / "tokenizer.json")),
+            train=TokenShards.open(path, "train"),
+            val=TokenShards.open(path, "val"),
+            tokenizer=open_saved(path, meta["tokenizer"]),
             vocab_size=int(meta["vocab_size"]),
             eot_id=int(meta["eot_id"]),
             meta=meta,
             path=path,
         )
 
-    def split(self, name: str) -> np.memmap:
+    def split(self, name: str) -> TokenShards:
         if name not in ("train", "val"):
             raise ValueError(f"split must be 'train' or 'val', got {name!r}")
         return self.train if name == "train" else self.val
@@ -328,12 +324,14 @@ class Corpus:
     def unigram_entropy(self, split: str = "val") -> float:
         """Entropy (nats/token) of the split's empirical token distribution, EOTs included: the loss
         of the best context-free model, a floor every trained model must beat."""
-        counts = np.bincount(np.asarray(self.split(split)), minlength=self.vocab_size)
+        counts = np.zeros(self.vocab_size, np.int64)
+        for shard in self.split(split).iter_shards():
+            counts += np.bincount(shard, minlength=self.vocab_size)
         p = counts[counts > 0] / counts.sum()
         return float(-(p * np.log(p)).sum())
 
     def decode(self, ids) -> str:
-        return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=False)
+        return self.tokenizer.decode([int(i) for i in ids])
 
     def documents(self, split: str) -> list[tuple[str, str]]:
         """(source, doc_id) of every document of the split, in stream order."""
@@ -388,74 +386,6 @@ def validation_windows(tokens: np.ndarray, n_seqs: int, seq_len: int) -> np.ndar
     return np.asarray(tokens[:need], dtype=np.int64).reshape(n_seqs, seq_len + 1)
 
 
-# ---------------------------------------------------------------------------------------------
-# CLI: python -m trainer.data.loader [--vocab-size N] [--paths P ...] [--text-column C] [--cache-dir D]
-
-
-def format_table(corpus: Corpus) -> str:
-    """Per-source and per-split documents / characters / tokens, then the summary numbers."""
-    splits = corpus.meta["splits"]
-    names = sorted({*splits["train"]["sources"], *splits["val"]["sources"]})
-    cols = ("documents", "characters", "tokens", "bytes/tok")
-    head = f"{'source':<24}{'split':<7}" + "".join(f"{c:>12}" for c in cols)
-    lines = [head, "-" * len(head)]
-    empty = {"documents": 0, "characters": 0, "bytes": 0, "tokens": 0}
-    for name in [*names, "TOTAL"]:
-        for split in ("train", "val"):
-            s = (
-                splits[split]["total"]
-                if name == "TOTAL"
-                else splits[split]["sources"].get(name, empty)
-            )
-            bpt = s["bytes"] / s["tokens"] if s["tokens"] else float("nan")
-            counts = "".join(f"{s[k]:>12,}" for k in ("documents", "characters", "tokens"))
-            lines.append(f"{name:<24}{split:<7}{counts}{bpt:>12.3f}")
-    n_val, n_train = (splits[k]["total"]["tokens"] for k in ("val", "train"))
-    val_share = n_val / (n_val + n_train)
-    h = corpus.unigram_entropy("val")
-    build_s = corpus.meta["load_seconds"] + corpus.meta["build_seconds"]
-    lines += [
-        "",
-        f"vocab size {corpus.vocab_size} (eot id {corpus.eot_id}), dtype {corpus.meta['dtype']}",
-        f"stream tokens (EOTs included): train {len(corpus.train):,}, val {len(corpus.val):,}; "
-        f"val share of text tokens {val_share:.2%}",
-        f"bytes/token: train {splits['train']['total']['bytes_per_token']:.3f}, "
-        f"val {splits['val']['total']['bytes_per_token']:.3f}",
-        f"val unigram entropy: {h:.4f} nats/token = {h / math.log(2):.4f} bits/token",
-        f"built {corpus.meta['built_at']} in {build_s:.1f} s",
-        f"cache: {corpus.path}",
-    ]
-    return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> None:
-    import argparse
-
-    parser = argparse.ArgumentParser(
-        description="Build (or load) the token cache and print its table."
-    )
-    parser.add_argument("--vocab-size", type=int, default=DataConfig.vocab_size)
-    parser.add_argument(
-        "--paths", nargs="+", default=[], help="user .txt/.md files, directories, .parquet"
-    )
-    parser.add_argument("--text-column", default=DataConfig.text_column)
-    parser.add_argument("--cache-dir", default=None)
-    parser.add_argument(
-        "--sources", nargs="+", default=list(DataConfig.sources), choices=sorted(SOURCES)
-    )
-    parser.add_argument("--val-fraction", type=float, default=DataConfig.val_fraction)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    cfg = DataConfig(
-        sources=tuple(args.sources),
-        paths=tuple(args.paths),
-        text_column=args.text_column,
-        vocab_size=args.vocab_size,
-        val_fraction=args.val_fraction,
-        cache_dir=args.cache_dir,
-    )
-    print(format_table(load_corpus(cfg)))
-
-
 if __name__ == "__main__":
+    from trainer.data.cli import main
     main()
