@@ -97,7 +97,7 @@ def bench_speed(size, family, corpus, place, root, probe, args) -> dict:
 def bench_peak(size, corpus, place, root, probe, args) -> dict:
     cfg = run_config(size, "autoregressive", **VARIANTS["lean"])
     tc, p = cfg.train, plan(cfg, corpus.vocab_size)
-    family = build_family(cfg.noise, corpus.vocab_size)
+    family = build_family(cfg.noise, corpus.vocab_size, corpus.eot_id)
     batches = [torch.from_numpy(sample_batch(corpus.train, tc.batch_size, tc.seq_len, seed=0, step=s))
                for s in range(4)]
     z3 = replace(cfg.engine, zero_stage=3, compile="off")

@@ -21,7 +21,8 @@ import pytest
 from trainer.data import loader as data
 from trainer.data.corpus import SOURCES, CorpusError, Document, load_source
 from trainer.data.loader import DataConfig, load_corpus, sample_batch, validation_windows
-from trainer.data.token_cache import split_documents, train_tokenizer
+from trainer.data.token_cache import split_documents
+from trainer.data.tokenizer import train_bpe
 
 VAL_FRACTION = 0.01
 
@@ -114,8 +115,24 @@ def test_packaged_build_is_deterministic(packaged, tmp_path) -> None:
     b = load_corpus(DataConfig(cache_dir=str(tmp_path), val_fraction=VAL_FRACTION))
     assert a.path.name == b.path.name and a.path != b.path  # same key, separate builds
     assert a.meta["splits"] == b.meta["splits"]
-    for name in ("train.bin", "val.bin", "tokenizer.json", "documents.json"):
+    for name in ("train-00000.bin", "val-00000.bin", "index.json", "tokenizer.json", "documents.json"):
         assert _sha(a.path / name) == _sha(b.path / name), name
+
+
+def test_packaged_stream_is_the_in_memory_definition(packaged) -> None:
+    """The streamed, sharded build writes what the definition says (and what the one-process build
+    before it wrote): split_documents over every document, each encoded and followed by EOT."""
+    c, _ = packaged
+    docs = [d for name in DataConfig().sources for d in load_source(name)]
+    train, val = split_documents(docs, VAL_FRACTION)
+
+    def stream(ds):
+        return np.concatenate([np.array([*ids, c.eot_id]) for ids in c.tokenizer.encode_batch([d.text for d in ds])])
+
+    assert np.array_equal(np.asarray(c.val), stream(val))
+    head = stream(train[:300])
+    assert np.array_equal(c.train[: len(head)], head)
+    assert [tuple(x) for x in c.documents("val")] == [(d.source, d.doc_id) for d in val]
 
 
 def test_second_load_is_a_cache_hit(packaged, monkeypatch) -> None:
@@ -168,7 +185,7 @@ def test_decode_round_trips(packaged) -> None:
     sample = (
         "Wherefore art thou — 1755 Lisbon, naïve café 東京\n\nAmen."  # bytes unseen in train too
     )
-    assert c.decode(c.tokenizer.encode(sample).ids) == sample
+    assert c.decode(c.tokenizer.encode_batch([sample])[0]) == sample
 
 
 def test_unigram_entropy(packaged) -> None:
@@ -185,8 +202,8 @@ def test_unigram_entropy(packaged) -> None:
 
 def test_tokenizer_training_is_deterministic() -> None:
     texts = [d.text for d in load_source("kjv")[:10]]
-    a, b = train_tokenizer(texts, 400), train_tokenizer(texts, 400)
-    assert a.get_vocab_size() == 400 and a.to_str() == b.to_str()  # same vocab and merges
+    a, b = train_bpe(texts, 400), train_bpe(texts, 400)
+    assert a.vocab_size == 400 and a.tokenizer_json == b.tokenizer_json  # same vocab and merges
 
 
 def test_split_is_per_source_and_keeps_documents_whole() -> None:

@@ -39,7 +39,7 @@ from trainer.data.corpus import CLEANING_VERSION, SOURCES, check_source_name, pa
 from trainer.data.pipeline import EXECUTORS, build_cache, ray_session, resolve_build
 from trainer.data.shards import TokenShards
 from trainer.data.token_cache import CACHE_LAYOUT_VERSION, TOKENIZER_RECIPE_VERSION
-from trainer.data.tokenizer import (TextTokenizer, load_tokenizer_file, open_saved, tokenizer_file_inputs,
+from trainer.data.tokenizer import (TextTokenizer, file_vocab_size, load_tokenizer_file, open_saved, tokenizer_file_inputs,
                                     train_bpe)
 from trainer.data.units import plan_units, user_files
 
@@ -57,8 +57,8 @@ class DataConfig:
     text_column: str = "text"
     """Column holding the text in user parquet files."""
     vocab_size: int = 512
-    """BPE vocabulary size including `<|endoftext|>`; >= 257 (256 bytes + end-of-text). Ignored when
-    `tokenizer` names a file: the vocabulary is the file's."""
+    """BPE vocabulary size including `<|endoftext|>`; >= 257 (256 bytes + end-of-text). When
+    `tokenizer` names a file it is set to the file's size (whatever was given)."""
     tokenizer: str = "bpe"
     """"bpe": train a byte-level BPE of `vocab_size` on the train split. Otherwise the path of the
     user's tokenizer: a HuggingFace `tokenizer.json`, a SentencePiece `.model` (e.g. TinyLlama's, as
@@ -99,12 +99,14 @@ class DataConfig:
             raise ValueError(f"sources/paths must not repeat: {self.source_names()}")
         if not isinstance(self.text_column, str) or not self.text_column:
             raise ValueError(f"text_column must be a non-empty string, got {self.text_column!r}")
+        if not isinstance(self.tokenizer, str) or not self.tokenizer:
+            raise ValueError(f"tokenizer must be 'bpe' or a file path, got {self.tokenizer!r}")
+        if self.tokenizer != "bpe":  # the vocabulary follows the file (CorpusError names it)
+            object.__setattr__(self, "vocab_size", file_vocab_size(self.tokenizer, self.eot_token))
         if not isinstance(self.vocab_size, int) or not 257 <= self.vocab_size < 2**32:
             raise ValueError(f"vocab_size must be an int in [257, 2**32), got {self.vocab_size!r}")
         if not 0.0 < self.val_fraction < 0.5:
             raise ValueError(f"val_fraction must be in (0, 0.5), got {self.val_fraction!r}")
-        if not isinstance(self.tokenizer, str) or not self.tokenizer:
-            raise ValueError(f"tokenizer must be 'bpe' or a file path, got {self.tokenizer!r}")
         if self.eot_token is not None and (not isinstance(self.eot_token, str) or not self.eot_token):
             raise ValueError(f"eot_token must be None or a non-empty string, got {self.eot_token!r}")
         for name in ("tokenizer_sample_chars", "shard_tokens"):
@@ -236,7 +238,7 @@ def _is_complete(path: Path) -> bool:
     return (path / "meta.json").is_file()
 
 
-def _build(cfg: DataConfig, inputs: dict, key: str, final: Path) -> None:
+def _build(cfg: DataConfig, inputs: dict, key: str, final: Path, units: list) -> None:
     """Build into a fresh temp dir beside `final`, then rename it into place. Caller holds the lock.
 
     A failure removes the temp dir and nothing else: existing caches are never touched.
@@ -251,7 +253,6 @@ def _build(cfg: DataConfig, inputs: dict, key: str, final: Path) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", suffix=".tmp", dir=root))
     try:
         os.chmod(tmp, 0o755)  # mkdtemp makes it owner-only; the cache may be shared
-        units = plan_units(cfg.sources, cfg.paths, cfg.text_column)
         build = resolve_build(cfg.build)
         make = _make_tokenizer(cfg)
         with ray_session() if build == "ray" else _nothing():
@@ -275,10 +276,11 @@ def load_corpus(cfg: DataConfig) -> Corpus:
     key = cache_key(inputs)
     final = cfg.resolved_cache_dir() / key
     if not _is_complete(final):
+        units = plan_units(cfg.sources, cfg.paths, cfg.text_column)  # bad files fail here, first
         final.parent.mkdir(parents=True, exist_ok=True)
         with _file_lock(final.parent / f"{key}.lock"):
             if not _is_complete(final):  # another process may have finished while we waited
-                _build(cfg, inputs, key, final)
+                _build(cfg, inputs, key, final, units)
     return Corpus.open(final)
 
 

@@ -323,3 +323,18 @@ def open_saved(directory: Path, meta: dict) -> TextTokenizer:
             raise CorpusError(f"{directory}: the saved tokenizer has {field} {getattr(tok, field)}, "
                               f"its meta says {meta[field]}")
     return tok
+
+
+def file_vocab_size(path: str, eot_token: str | None = None) -> int:
+    """The vocabulary size of a user tokenizer file (DataConfig.vocab_size follows it); cached per
+    (path, size, mtime), since configs are built and replaced many times per sweep."""
+    try:
+        st = Path(path).stat()
+    except OSError:
+        return load_tokenizer_file(path, eot_token).vocab_size  # raises the CorpusError naming it
+    return _file_vocab_size(str(path), eot_token, st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=32)
+def _file_vocab_size(path: str, eot_token: str | None, size: int, mtime_ns: int) -> int:
+    return load_tokenizer_file(path, eot_token).vocab_size

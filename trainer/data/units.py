@@ -122,7 +122,8 @@ def plan_units(sources: tuple[str, ...], paths: tuple[str, ...], text_column: st
             batch_bytes += size
         flush()
         if not any(u.source == path for u in units):
-            raise CorpusError(f"user path {path!r} holds no .txt, .md or .parquet files")
+            raise CorpusError(f"user path {path!r} yielded no documents: it holds no .txt, .md or "
+                              ".parquet files")
     return units
 
 

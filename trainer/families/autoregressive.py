@@ -24,7 +24,8 @@ class Autoregressive(NoiseFamily):
     """The baseline: same backbone with a causal mask, next-token NLL (which *is* its exact NELBO)."""
     sampler = ARSampler()
     start_id = EOT_ID
-    """The token every window is read after (callers of the sampler and judge pass corpus.eot_id)."""
+    """The token every window is read after: the corpus's end-of-text id (build_family sets it from
+    corpus.eot_id; callers of the sampler and judge pass the same id)."""
 
     def prepare(self, window, generator=None, t_power=1.0, training=True):
         x = window[:, :-1]                                           # diffusion's T tokens

@@ -292,9 +292,16 @@ def t_min_for_log_snr(max_log_snr: float, eps: float) -> float:
     return (1.0 - 1.0 / (1.0 + math.exp(-max_log_snr))) / (1.0 - eps)
 
 
-def build_family(cfg: NoiseConfig, vocab_size: int) -> NoiseFamily:
-    """The family object of `cfg` for V = vocab_size real tokens (imports its module: torch)."""
-    return FAMILIES[cfg.family].load()(cfg, vocab_size)
+def build_family(cfg: NoiseConfig, vocab_size: int, eot_id: int | None = None) -> NoiseFamily:
+    """The family object of `cfg` for V = vocab_size real tokens (imports its module: torch).
+    `eot_id`: the corpus's document separator (None: the trained BPE's, 0), the token an
+    autoregressive window is read after; a user tokenizer's differs (GPT-2's is 50256)."""
+    family = FAMILIES[cfg.family].load()(cfg, vocab_size)
+    if eot_id is not None:
+        if not 0 <= eot_id < vocab_size:
+            raise ValueError(f"eot_id {eot_id} is not a token of a {vocab_size}-token vocabulary")
+        family.start_id = eot_id
+    return family
 
 
 def describe() -> str:

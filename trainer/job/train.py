@@ -222,7 +222,7 @@ def _train(cfg: RunConfig, p: Plan, corpus, place, rank: int, world: int, progre
         model = Transformer(p.model_cfg).to(place.device)
         return build_engine(model, tc, cfg.engine, place, world, p.steps)
 
-    family = build_family(cfg.noise, corpus.vocab_size)
+    family = build_family(cfg.noise, corpus.vocab_size, corpus.eot_id)
     root = checkpoint.ckpt_root(cfg.io.out_dir, p.run_id)
     resume = checkpoint.load_latest(build, root)          # whole checkpoint, or a fresh engine
     if resume.state is None and p.fork_step is not None:  # a decay branch: from its trunk's fork

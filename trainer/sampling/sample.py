@@ -80,7 +80,7 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu"
         state = weights_from_checkpoint(run_dir, p.steps)
     model = Transformer(p.model_cfg)
     model.load_state_dict(state)
-    return model.to(device).eval(), build_family(cfg.noise, corpus.vocab_size), cfg, corpus
+    return model.to(device).eval(), build_family(cfg.noise, corpus.vocab_size, corpus.eot_id), cfg, corpus
 
 
 def has_weights(run_dir: str | Path) -> bool:
