@@ -111,3 +111,36 @@ def test_smoke_sweep_on_a_two_node_cluster_with_an_mlflow_server(tmp_path, two_n
     for c in children:
         assert len(client.get_metric_history(c.info.run_id, "val_nelbo")) >= 2
     print(f"\n6 trials over nodes {sorted(n[:8] for n in nodes)}; all runs on {mlflow_server}")
+
+
+def test_corpus_build_on_ray_data_across_two_nodes(tmp_path, two_node_cluster):
+    """RAY_ADDRESS set -> data.build 'auto' runs the passes on Ray Data: units on both nodes, the
+    same tokens as the one-process build; both encode rates printed (make test-cluster -s)."""
+    import json
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    rng = np.random.default_rng(0)
+    words = np.array("the river city king queen ran over under a of to and in is was north south".split())
+    (tmp_path / "corpus").mkdir()
+    for k in range(6):                                  # 6 files x 8 row groups of 250 documents
+        rows = [" ".join(rng.choice(words, rng.integers(20, 200))) for _ in range(2000)]
+        pq.write_table(pa.table({"text": rows}), tmp_path / "corpus" / f"s{k}.parquet", row_group_size=250)
+    cmd = [sys.executable, "-m", "trainer.data.cli", "--paths", str(tmp_path / "corpus"), "--vocab-size", "300"]
+    metas = {}
+    for build, extra in (("ray", {"RAY_ADDRESS": two_node_cluster, **AUTH}), ("local", {})):
+        cache = tmp_path / f"cache-{build}"
+        proc = subprocess.run([*cmd, "--cache-dir", str(cache), "--build", "auto" if build == "ray" else "local"],
+                              cwd=REPO, env=clean_env(**extra), capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        path = next(cache.glob("*/meta.json")).parent
+        metas[build] = json.loads((path / "meta.json").read_text()), path
+    (ray_meta, ray_path), (local_meta, local_path) = metas["ray"], metas["local"]
+    assert ray_meta["build"] == "ray" and ray_meta["ray_nodes"] == 2 and local_meta["build"] == "local"
+    assert ray_path.name == local_path.name
+    for name in ("train-00000.bin", "val-00000.bin", "documents.json"):
+        assert (ray_path / name).read_bytes() == (local_path / name).read_bytes(), name
+    print(f"\ncorpus build, {ray_meta['splits']['train']['total']['stream_tokens']:,} train tokens: encode "
+          f"{ray_meta['encode_tokens_per_s']:,} tokens/s on Ray Data over 2 nodes x 1 CPU "
+          f"(phases {ray_meta['phases']}), {local_meta['encode_tokens_per_s']:,} in one process "
+          f"(phases {local_meta['phases']})")

@@ -286,7 +286,7 @@ class RunConfig:
         """The fields that determine the result: everything but engine, io and the cache path."""
         d = self.to_dict()
         del d["engine"], d["io"]
-        d["data"].pop("cache_dir", None)
+        d["data"] = self.data.science()
         # What the model does, not how the default was reached: a family whose default changes
         # gets new run ids instead of resuming (or skipping as finished) the old model's runs.
         d["time_cond"] = self.resolved_time_cond()

@@ -116,6 +116,18 @@ class DataConfig:
         if self.build not in ("auto", *EXECUTORS):
             raise ValueError(f"build must be one of auto, {', '.join(EXECUTORS)}, got {self.build!r}")
 
+    def science(self) -> dict:
+        """The fields that change the tokens (RunConfig.science, the run id): not where the cache
+        lives or how it is built and laid out; the tokenizer fields only where they differ from their
+        defaults, so runs from before user tokenizers keep their ids."""
+        d = dataclasses.asdict(self)
+        for name in ("cache_dir", "shard_tokens", "build"):
+            del d[name]
+        for f in dataclasses.fields(self):
+            if f.name in ("tokenizer", "eot_token", "tokenizer_sample_chars") and d[f.name] == f.default:
+                del d[f.name]
+        return d
+
     def source_names(self) -> tuple[str, ...]:
         """The corpus's sources: the user paths if any, else the packaged sources."""
         return self.paths if self.paths else self.sources

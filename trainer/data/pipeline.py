@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 MEMO_CHARS = 64_000_000        # local executor: documents kept between passes, at most this much text
 BUCKET_CHARS = 64_000_000      # encode: text per sort bucket (~16M tokens at ~4 characters/token)
 SPLITS = ("train", "val")
+RAY_DATA_STORE_BYTES = 512 << 20   # ray: object-store budget of the pipeline's blocks in flight
 
 
 class LocalExecutor:
@@ -70,29 +71,49 @@ class LocalExecutor:
 class RayExecutor:
     name = "ray"
 
+    def __init__(self):
+        self.nodes: set[str] = set()
+        """Ray nodes that ran at least one unit (recorded in meta.json as ray_nodes)."""
+
     def map(self, fn: Callable[[Iterator[Document]], pa.Table], units: list[Unit]) -> Iterator[pa.Table]:
         import ray
 
         def run(batch: pa.Table) -> pa.Table:
-            return pa.concat_tables([fn(read_unit(Unit.from_row(row))) for row in batch.to_pylist()])
+            out = pa.concat_tables([fn(read_unit(Unit.from_row(row))) for row in batch.to_pylist()])
+            node = ray.get_runtime_context().get_node_id()
+            return out.append_column("_node", pa.array([node] * out.num_rows, pa.string()))
 
         ctx = ray.data.DataContext.get_current()
+        saved = ctx.enable_progress_bars, ctx.execution_options.resource_limits
         ctx.enable_progress_bars = False
-        ds = ray.data.from_items([u.as_row() for u in units], override_num_blocks=len(units))
-        ds = ds.map_batches(run, batch_size=1, batch_format="pyarrow")
-        yield from ds.iter_batches(batch_size=None, batch_format="pyarrow")
+        # blocks in flight: bounded, or producers outrunning this process's writer would fill the
+        # object store (30% of RAM by default) in proportion to the corpus
+        ctx.execution_options.resource_limits = ray.data.ExecutionResources.for_limits(
+            object_store_memory=RAY_DATA_STORE_BYTES)
+        try:
+            ds = ray.data.from_items([u.as_row() for u in units], override_num_blocks=len(units))
+            ds = ds.map_batches(run, batch_size=1, batch_format="pyarrow")
+            for table in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+                self.nodes.update(table.column("_node").unique().to_pylist())
+                yield table.drop_columns(["_node"])
+        finally:
+            ctx.enable_progress_bars, ctx.execution_options.resource_limits = saved
 
 
 EXECUTORS = {"local": LocalExecutor, "ray": RayExecutor}
 
 
 def resolve_build(build: str) -> str:
-    """'auto' -> 'ray' when this process is in a Ray session or RAY_ADDRESS names a cluster."""
+    """'auto' -> 'ray' when this process drives a Ray session or RAY_ADDRESS names a cluster;
+    'local' inside a Ray worker (a trial whose node lacks the cache): its Ray Data tasks would wait
+    for CPUs the trials themselves hold."""
     if build != "auto":
         return build
     import sys
-    in_session = "ray" in sys.modules and sys.modules["ray"].is_initialized()
-    return "ray" if in_session or os.environ.get("RAY_ADDRESS") else "local"
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        return "local" if ray.get_runtime_context().worker.mode == ray.WORKER_MODE else "ray"
+    return "ray" if os.environ.get("RAY_ADDRESS") else "local"
 
 
 @contextmanager
@@ -274,6 +295,7 @@ def build_cache(units: list[Unit], *, sources: tuple[str, ...], make_tokenizer, 
         "tokenizer": tok.save(out),
         "splits": splits,
         "build": executor.name,
+        "ray_nodes": len(getattr(executor, "nodes", ())),
         "phases": timer.phases,
         "encode_tokens_per_s": round(encoded / max(encode_s, 1e-9)),
         "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
