@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from core.paths import REPO_ROOT
-from trainer.data import loader, pipeline
+from trainer.data import pipeline
 from trainer.data.corpus import CorpusError, Document
 from trainer.data.loader import DataConfig, load_corpus, sample_batch, validation_windows
 from trainer.data.shards import ShardWriter, TokenShards
@@ -75,6 +75,13 @@ def test_stream_equals_the_in_memory_definition(tmp_path, monkeypatch) -> None:
                                       "cache_dir": str(tmp_path / "cache2")}))
     assert other.path.name == c.path.name and len(other.train.files) == 1
     assert np.array_equal(np.asarray(other.train), np.asarray(c.train))
+
+
+def test_build_names_are_the_executors() -> None:
+    from trainer.data.config import BUILDS
+    assert set(BUILDS) == {"auto", *pipeline.EXECUTORS}
+    with pytest.raises(ValueError, match="build must be one of auto, local, ray"):
+        DataConfig(build="spark")
 
 
 def test_streamed_split_rule_equals_split_documents() -> None:
