@@ -8,7 +8,7 @@
    copies are the same document. Half of the shards alone are the half-size corpus.
 2. Builds the full and the half-size corpus with each executor, each build in a fresh process
    (`python -m trainer.data.cli`), sampling memory every 0.25 s: the build process's peak RSS
-   (sampled; ru_maxrss over all builds as a check) and the peak total PSS of its whole process tree (Ray's raylet, GCS and workers
+   (its own ru_maxrss, from wait4: the true peak) and the peak total PSS of its whole process tree (Ray's raylet, GCS and workers
    included; PSS counts shared pages once).
 3. Prints per build: wall time, phases (scan / tokenizer / encode / write), encode tokens/s, and the
    ratios asked for: peak(full) / peak(half) (target 1 +- 0.2), ray / local encode tokens/s.
@@ -84,24 +84,36 @@ def _pss(proc: psutil.Process) -> int:
     return total
 
 
+def _exited(proc: psutil.Popen) -> bool:
+    """True once the child is a zombie (not reaped: os.wait4 below collects its rusage)."""
+    try:
+        return proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 def build(corpus: Path, cache: Path, builder: str, vocab: int) -> dict:
     """One build in a fresh process: wall time, peak RSS of that process, peak PSS of its tree."""
     cmd = [sys.executable, "-m", "trainer.data.cli", "--paths", str(corpus), "--build", builder,
            "--vocab-size", str(vocab), "--cache-dir", str(cache)]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     t0 = time.perf_counter()
-    proc = psutil.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    logfile = cache.with_suffix(".log")
+    out = open(logfile, "w")
+    proc = psutil.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
     peak_pss = peak_rss = 0
-    while proc.poll() is None:
+    while not _exited(proc):
         try:
             peak_rss = max(peak_rss, proc.memory_info().rss)
         except psutil.NoSuchProcess:
             break
         peak_pss = max(peak_pss, _pss(proc))
         time.sleep(0.25)
-    proc.wait()
+    _, status, usage = os.wait4(proc.pid, 0)          # this child's own rusage: its true peak RSS
+    proc.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - t0
-    log = proc.stdout.read()
+    out.close()
+    log = logfile.read_text()
     if proc.returncode:
         raise RuntimeError(f"build failed ({proc.returncode}):\n{log[-3000:]}")
     meta = json.loads(next(cache.glob("*/meta.json")).read_text())
@@ -110,7 +122,8 @@ def build(corpus: Path, cache: Path, builder: str, vocab: int) -> dict:
             "tokens": meta["splits"]["train"]["total"]["stream_tokens"] + meta["splits"]["val"]["total"]["stream_tokens"],
             "documents": meta["splits"]["train"]["total"]["documents"] + meta["splits"]["val"]["total"]["documents"],
             "text_gb": round((meta["splits"]["train"]["total"]["bytes"] + meta["splits"]["val"]["total"]["bytes"]) / 1e9, 3),
-            "peak_rss_gb": round(peak_rss / 1e9, 3), "peak_pss_gb": round(peak_pss / 1e9, 3)}
+            "peak_rss_gb": round(usage.ru_maxrss / 1e6, 3), "sampled_rss_gb": round(peak_rss / 1e9, 3),
+            "peak_pss_gb": round(peak_pss / 1e9, 3)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -149,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{builder:>5} {name:>4}: {r['text_gb']:.2f} GB text, {r['documents']:,} docs, "
                   f"{r['tokens']:,} tokens in {r['wall_s']:.0f} s {r['phases']}; encode "
                   f"{r['encode_tokens_per_s']:,.0f} tokens/s; peak RSS {r['peak_rss_gb']:.2f} GB (build "
-                  f"process), peak PSS {r['peak_pss_gb']:.2f} GB (its process tree)",
+                  f"process; {r['sampled_rss_gb']:.2f} sampled), peak PSS {r['peak_pss_gb']:.2f} GB (its process tree)",
                   flush=True)
     max_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1e6   # KB -> GB, max child
     by = {(r["build"], r["corpus"]): r for r in results}
