@@ -137,6 +137,10 @@ def ray_session():
         ray.init(address=address, **kwargs)
     else:
         ray.init(address="local", _node_ip_address=LOOPBACK, **kwargs)
+        if ray.util.get_node_ip_address() != LOOPBACK:   # Ray imported before the env was set
+            ray.shutdown()
+            raise RuntimeError("the embedded Ray node for the corpus build did not bind 127.0.0.1; "
+                               "build from a fresh process (python -m trainer.data.cli --build ray)")
     try:
         yield
     finally:
