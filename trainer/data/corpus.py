@@ -38,7 +38,7 @@ CLEANING_VERSION = 1
 # document boundary, so cleaning removes it.
 EOT_TEXT = "<|endoftext|>"
 EOT_ID = 0
-"""Its id: the tokenizer's first special token (token_cache.train_tokenizer checks it). The
+"""Its id: the tokenizer's first special token (tokenizer.train_bpe checks it). The
 autoregressive family starts every window from it (families/autoregressive.py)."""
 
 

@@ -29,7 +29,7 @@ import logging
 import os
 import shutil
 import tempfile
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Iterator
 
@@ -141,11 +141,6 @@ def _make_tokenizer(cfg: DataConfig):
 
 
 @contextmanager
-def _nothing() -> Iterator[None]:
-    yield
-
-
-@contextmanager
 def _file_lock(path: Path) -> Iterator[None]:
     with open(path, "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)  # blocks while another process builds the same key
@@ -176,7 +171,7 @@ def _build(cfg: DataConfig, inputs: dict, key: str, final: Path, units: list) ->
         os.chmod(tmp, 0o755)  # mkdtemp makes it owner-only; the cache may be shared
         build = resolve_build(cfg.build)
         make = _make_tokenizer(cfg)
-        with ray_session() if build == "ray" else _nothing():
+        with ray_session() if build == "ray" else nullcontext():
             meta = build_cache(units, sources=cfg.source_names(), make_tokenizer=make,
                                val_fraction=cfg.val_fraction, shard_tokens=cfg.shard_tokens,
                                executor=EXECUTORS[build](), out=tmp,

@@ -280,7 +280,7 @@ def build_cache(units: list[Unit], *, sources: tuple[str, ...], make_tokenizer, 
             rows = table.filter(pc.equal(table.column("split"), np.int8(i)))
             if rows.num_rows:
                 buckets[split].add(rows)
-        encoded += sum(len(x) for x in table.column("tokens").to_pylist()) // dtype.itemsize
+        encoded += pc.sum(pc.binary_length(table.column("tokens"))).as_py() // dtype.itemsize
     encode_s = timer.lap("encode")
     log.info("encode: %d tokens (%.1f s, %.0f tokens/s)", encoded, encode_s, encoded / max(encode_s, 1e-9))
     documents, index, splits = _DocumentsFile(out / "documents.json"), {}, {}

@@ -134,7 +134,7 @@ class SentencePieceTokenizer(TextTokenizer):
 def train_bpe(texts: Iterable[str] | list[str], vocab_size: int) -> TextTokenizer:
     """Byte-level BPE (GPT-2 style): all 256 bytes are base tokens, so any text encodes and
     decodes exactly. `<|endoftext|>` is id 0. Same recipe, hence same ids, as the cache used before
-    user tokenizers existed (token_cache.train_tokenizer): changing it must bump
+    user tokenizers existed (frozen in tests/test_tokenizer.py): changing it must bump
     TOKENIZER_RECIPE_VERSION."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
