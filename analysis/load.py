@@ -114,12 +114,23 @@ def _run_meta(runs: list) -> pd.DataFrame:
             "trunk_tag": tags.get(M.TAG_TRUNK, ""),
             "readoff": tags.get(M.TAG_READOFF, ""),
             "seed": _float(params.get(M.PARAM_TRAIN_SEED)),
+            "batch_tokens": _batch_tokens(params),
+            "lr": _float(params.get("train.lr")),
+            "pool_tokens": _float(params.get("train.data_pool_tokens")),
             "flop_convention": params.get(M.PARAM_FLOP_CONVENTION, conventions.DEFAULT),
             "_flops_per_token": _float(params.get(M.PARAM_FLOPS_PER_TOKEN)),
             "_flops_per_step": unit,
             **{f"_fpt_{name}": v for name, v in conventions.per_token(params, tags).items()},
         })
     return pd.DataFrame.from_records(records)
+
+
+def _batch_tokens(params: dict) -> float:
+    """Tokens per optimizer step: as logged, else train.batch_size x train.seq_len."""
+    logged = _float(params.get(M.PARAM_TOKENS_PER_STEP))
+    if np.isfinite(logged):
+        return logged
+    return _float(params.get("train.batch_size")) * _float(params.get("train.seq_len"))
 
 
 def load_runs(experiment: str, tracking_uri: str | None = None, *, bulk: bool = True
@@ -247,7 +258,8 @@ def table_from_frame(raw: pd.DataFrame, source: str = "table") -> tuple[pd.DataF
         trunk=(raw["trunk"].where(raw["trunk"].notna(), table["run_id"]).astype(str)
                if "trunk" in raw else table["run_id"]),
         loss_constant=table["loss"], cooldown=1.0,
-        seed=pd.to_numeric(raw["seed"], errors="coerce") if "seed" in raw else np.nan)
+        **{c: pd.to_numeric(raw[c], errors="coerce") if c in raw else np.nan
+           for c in S.FINAL_OPTIONAL})
     table, nan = drop_bad(table)
     dup = table.duplicated(_DUPLICATE_KEY, keep="first")
     table = table[~dup].reset_index(drop=True)

@@ -14,7 +14,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
-from analysis import conventions
+from analysis import conventions, plots_hp
 from analysis.study import GroupFit, StudyFit
 
 _DPI = 120
@@ -246,4 +246,9 @@ def write_plots(study: StudyFit, final: pd.DataFrame, out_dir: str | Path,
         if g.isoflops:
             paths.append(plot_isoflops(g, out / f"isoflops_{_slug(g.group)}.png", loss_label,
                                        study.flop_convention))
+        if g.hp is not None:
+            paths.append(plots_hp.plot_hp(g, out / f"hp_laws_{_slug(g.group)}.png"))
+        if g.data_constrained is not None:
+            paths.append(plots_hp.plot_data_constrained(
+                g, final, out / f"data_constrained_{_slug(g.group)}.png"))
     return paths

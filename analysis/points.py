@@ -63,7 +63,8 @@ def study_convention(runs: pd.DataFrame) -> str:
 # Columns a runs frame written before they existed (an older runs.parquet, a hand-built frame)
 # lacks, and what they mean there: a classic run of unknown seed.
 _LEGACY_RUN_COLUMNS = {"trajectory": "", "trunk_tag": "", "readoff": "", "readoff_budget": np.nan,
-                       "seed": np.nan}
+                       "seed": np.nan, "batch_tokens": np.nan, "lr": np.nan,
+                       "pool_tokens": np.nan}
 
 
 def final_points(runs: pd.DataFrame, n_column: str = S.DEFAULT_N_COLUMN,
@@ -115,7 +116,8 @@ def study_points(runs: pd.DataFrame, n_column: str = S.DEFAULT_N_COLUMN,
         "N": rows[n_column], "D": rows["tokens"], "C": C,
         "loss": rows["val_nelbo"] * rows["cooldown"], "budget": rows["budget"],
         "trunk": rows["trunk"], "loss_constant": rows["val_nelbo"], "cooldown": rows["cooldown"],
-        "seed": rows["seed"],
+        "seed": rows["seed"], "batch_tokens": rows["batch_tokens"], "lr": rows["lr"],
+        "U": rows["pool_tokens"],
     })
     table, nan = drop_bad(table)
     return table, DropCounts(failed=int(failed.sum()), unfinished=int(unfinished.sum()), nan=nan,
@@ -128,6 +130,9 @@ def drop_bad(table: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     vals = table[["N", "D", "C", "loss"]].to_numpy(dtype=float)
     ok = np.isfinite(vals).all(axis=1) & (vals > 0).all(axis=1)
     out = table[ok].copy()
+    for c in S.FINAL_OPTIONAL:                    # hand-built tables may lack them
+        if c not in out:
+            out[c] = np.nan
     out["knob"] = out["knob"].astype(float)
     out.insert(1, "group", [S.group_label(f, k) for f, k in zip(out["family"], out["knob"])])
     return out.reset_index(drop=True)[list(S.FINAL_COLUMNS)], int((~ok).sum())

@@ -85,6 +85,12 @@ def fits_json(study: StudyFit) -> dict:
             "backtest": ({**dataclasses.asdict(g.backtest), "error": g.backtest.error}
                          if g.backtest else None),
             "messages": list(g.messages),
+            # analysis/hp_laws.py, analysis/data_constrained.py: None where the study has no
+            # batch x LR grid / no repeated pool
+            "batch_law": g.hp.batch_law.as_dict() if g.hp and g.hp.batch_law else None,
+            "lr_law": g.hp.lr_law.as_dict() if g.hp and g.hp.lr_law else None,
+            "hp_optima": g.hp.as_dict()["optima"] if g.hp else None,
+            "data_constrained": g.data_constrained.as_dict() if g.data_constrained else None,
         }
     return nan_to_none({
         "flop_convention": study.flop_convention, "n_column": study.n_column,
@@ -140,6 +146,7 @@ def format_table(study: StudyFit) -> str:
             rows3 = [("group", *law.params)] + [
                 (g.group, *(_cell(g.law(name), k) for k in law.params)) for g in study.groups]
             out += [law.formula, _grid(rows3), ""]
+    out += _hp_lines(study)
     out += ["crossovers:"] + [f"  {x.message}" for x in study.crossovers] if study.crossovers \
         else ["crossovers: none (fewer than two groups with an L(C) fit)"]
     notes = [m for g in study.groups for m in g.messages]
@@ -153,6 +160,42 @@ def format_table(study: StudyFit) -> str:
     out += ["", f"dropped runs: {d.total} (failed {d.failed}, unfinished {d.unfinished}, "
                 f"NaN/invalid {d.nan}, duplicate {d.duplicate}{worst})"]
     return "\n".join(out)
+
+
+def _iv(e) -> str:
+    if e is None:
+        return "-"
+    if not np.isfinite(e.lo):
+        return f"{e.value:.3g}"
+    return f"{e.value:.3g} [{e.lo:.3g}, {e.hi:.3g}]"
+
+
+def _hp_lines(study: StudyFit) -> list[str]:
+    """The batch / LR laws and the data-constrained R*, where the study has them."""
+    out = []
+    hp = [g for g in study.groups if g.hp]
+    if hp:
+        rows = [("group", "(N,D) kept", "b: B*~D^b", "k: B*=k D^b", "c: eta*~B^c", "eta* coef")]
+        for g in hp:
+            bl, ll = g.hp.batch_law, g.hp.lr_law
+            rows.append((g.group, f"{sum(o.kept for o in g.hp.optima)}/{len(g.hp.optima)}",
+                         _iv(bl.exponent if bl else None), _iv(bl.coefficient if bl else None),
+                         _iv(ll.exponent if ll else None), _iv(ll.coefficient if ll else None)))
+        out += ["B*(D) = k D^b (B in tokens per step) and eta*(B) = k' B^c, from the batch x LR "
+                "surface of each (N, D) (analysis/hp_laws.py; 2512.10858: b 0.8225, c 0.341)",
+                _grid(rows), ""]
+    dcs = [g for g in study.groups if g.data_constrained]
+    if dcs:
+        keys = ("R_star", "E", "A", "alpha", "B", "beta")
+        rows = [("group", "points", *keys)]
+        for g in dcs:
+            d = g.data_constrained.as_dict()
+            rows.append((g.group, str(d["n_points"]), *(
+                f"{d[k]['value']:.3g} [{d[k]['lo']:.3g}, {d[k]['hi']:.3g}]"
+                if d[k]["lo"] is not None else f"{d[k]['value']:.3g}" for k in keys)))
+        out += ["L = E + A/N^alpha + B/D'^beta, D' = U + U R* (1 - exp(-R/R*)), R = D/U - 1 "
+                "(Muennighoff et al. 2023; analysis/data_constrained.py)", _grid(rows), ""]
+    return out
 
 
 def _trajectory_lines(study: StudyFit) -> list[str]:

@@ -62,6 +62,11 @@ RUN_COLUMNS: dict[str, str] = {
                       "off this evaluation for; NaN elsewhere",
     "seed": f"param {M.PARAM_TRAIN_SEED} as float (NaN if not logged): repeats of a point differ "
             "in it",
+    # hyper-parameter and data-constrained studies (analysis/hp_laws.py, data_constrained.py)
+    "batch_tokens": f"tokens per optimizer step (param {M.PARAM_TOKENS_PER_STEP}; else "
+                    "train.batch_size x train.seq_len)",
+    "lr": "param train.lr: the peak learning rate",
+    "pool_tokens": "param train.data_pool_tokens: unique training tokens U (NaN: the whole corpus)",
 }
 
 FINAL_COLUMNS: dict[str, str] = {
@@ -82,13 +87,19 @@ FINAL_COLUMNS: dict[str, str] = {
     "cooldown": "the cooldown factor applied, loss = loss_constant x cooldown (1.0 unless a "
                 "constant-mode read-off: analysis/trajectory.py)",
     "seed": f"{M.PARAM_TRAIN_SEED} of the run (NaN if unknown): repeats give the noise floor",
+    "batch_tokens": "tokens per optimizer step (NaN if unknown): the hparams laws' B",
+    "lr": "peak learning rate (NaN if unknown): the hparams laws' eta",
+    "U": "unique training tokens, repeated in epochs (NaN: not data-bound): data_constrained's U",
 }
+
+# Columns of FINAL_COLUMNS a table may lack (older runs frames, foreign tables): NaN there.
+FINAL_OPTIONAL = ("seed", "batch_tokens", "lr", "U")
 
 # --from-table: family, N, loss, and at least one of D / C (the other follows from C = 6·N·D,
 # the Kaplan/Chinchilla convention, since a foreign table carries no FLOP accounting of ours).
 TABLE_REQUIRED = ("family", "N", "loss")
 TABLE_ONE_OF = ("D", "C")
-TABLE_OPTIONAL = ("knob", "budget", "run_id", "trunk", "seed")
+TABLE_OPTIONAL = ("knob", "budget", "run_id", "trunk", "seed", "batch_tokens", "lr", "U")
 FLOPS_PER_PARAM_TOKEN = 6.0
 
 

@@ -14,6 +14,8 @@ from analysis.compare import Backtest, Crossover, backtest, crossover
 from analysis.frontier import (C_BIN_TOL_DEX, MIN_SIZES_PER_CURVE, Frontier, IsoFlopCurve,
                                assign_budgets, isoflop_curves, pareto_frontier)
 from analysis.bootstrap import GroupData, LawFit, TooFewPoints
+from analysis import data_constrained as dc
+from analysis import hp_laws
 from analysis.huber import single_threaded_blas
 from analysis.laws import EXTRAPOLATE, LAWS
 from analysis.load import DropCounts
@@ -37,6 +39,10 @@ class GroupFit:
     backtest: Backtest | None
     messages: tuple[str, ...]
     """Why a law is missing, and every flagged isoFLOP curve."""
+    hp: hp_laws.HpFit | None = None
+    """Batch and LR laws (analysis/hp_laws.py) where the points vary batch and LR."""
+    data_constrained: dc.DataConstrainedFit | None = None
+    """Muennighoff et al.'s R* law (analysis/data_constrained.py) where points repeat a pool."""
 
     def law(self, name: str) -> LawFit | None:
         """The group's fit of law ``name`` (a key of laws.LAWS), None if it could not be fitted."""
@@ -119,6 +125,17 @@ def fit_group(final: pd.DataFrame, group: str, *, n_boot: int, seed: int,
     if any(len(c.N) >= MIN_SIZES_PER_CURVE for c in curves):
         messages += [c.flag for c in curves if c.flag]
     data = GroupData(g, group, curves)
+    hp = (_attempt(lambda: hp_laws.fit_hp(g, group, n_boot=n_boot, seed=seed), messages)
+          if hp_laws.has_hp_grid(g) else None)
+    if hp is not None:
+        messages += list(hp.messages)
+    repeated = g[np.isfinite(g["U"])] if "U" in g else g.iloc[:0]
+    constrained = None
+    if (repeated["D"] > repeated["U"]).any():
+        try:
+            constrained = dc.fit_data_constrained(repeated, group, n_boot=n_boot, seed=seed)
+        except ValueError as e:
+            messages.append(str(e))
     laws = {}
     for name, law in LAWS.items():
         fit = _attempt(lambda: law.fit(data, n_boot=n_boot, seed=seed), messages)
@@ -129,7 +146,7 @@ def fit_group(final: pd.DataFrame, group: str, *, n_boot: int, seed: int,
         n_runs=len(g), frontier=pareto_frontier(g, group), isoflops=curves, laws=laws,
         # Without an L(C) on all the data there is nothing to backtest (and its message says why).
         backtest=_attempt(lambda: backtest(g, group), messages) if "compute" in laws else None,
-        messages=tuple(messages),
+        messages=tuple(messages), hp=hp, data_constrained=constrained,
     )
 
 

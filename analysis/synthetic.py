@@ -72,3 +72,31 @@ def scattered_isoflop_table(*, budgets: np.ndarray, params: dict[str, float] | N
         * np.exp(noise * rng.standard_normal(len(t)))
     return pd.DataFrame({"family": family, "N": N, "D": D, "C": C, "loss": loss,
                          "run_id": t["run_id"]})
+
+
+def hp_grid_table(*, b: float = 0.8225, k: float = 3.3e-3, c: float = 0.341, k_lr: float = 2e-4,
+                  Ns=(2.5e4, 1e5), Ds=(7e5, 1.5e6, 3e6, 6e6), batches=(128, 256, 512, 1024, 2048),
+                  lrs=(1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2), kappa_b: float = 0.05,
+                  kappa_lr: float = 0.08, noise: float = 0.002, seed: int = 0,
+                  family: str = "synthetic") -> pd.DataFrame:
+    """A batch x LR grid per (N, D) from planted laws B*(D) = k D^b (tokens) and
+    eta*(B) = k_lr B^c: ln L = ln L0(N, D) + kappa_b (ln B - ln B*)^2 + kappa_lr (ln eta - ln eta*(B))^2,
+    L0 Chinchilla's. One trunk per (N, B, eta), read off at every D (shared noise draws are not
+    modelled: each point its own)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for n in Ns:
+        for bt in batches:
+            for lr in lrs:
+                trunk = f"{family}-{n:g}-{bt}-{lr:g}"
+                for d in Ds:
+                    p = CHINCHILLA
+                    l0 = p["E"] + p["A"] / n ** p["alpha"] + p["B"] / d ** p["beta"]
+                    x = np.log(bt) - np.log(k * d ** b)
+                    y = np.log(lr) - np.log(k_lr * bt ** c)
+                    loss = l0 * np.exp(kappa_b * x * x + kappa_lr * y * y
+                                       + noise * rng.standard_normal())
+                    rows.append({"family": family, "N": n, "D": d, "C": 6 * n * d, "loss": loss,
+                                 "budget": 6 * n * d, "batch_tokens": bt, "lr": lr,
+                                 "trunk": trunk, "run_id": f"{trunk}-{d:g}"})
+    return pd.DataFrame(rows)

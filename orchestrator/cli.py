@@ -90,13 +90,28 @@ def build(args) -> list[RunConfig]:
     return build_plans(args)[0]
 
 
+def read_laws(overrides: list[str]) -> dict[str, dict]:
+    """The fits files of ``--set FIELD=law:FITS`` overrides (sweeps/from_law.py), parsed."""
+    from sweeps import from_law
+    out = {}
+    for path in set(from_law.split(list(overrides))[1].values()):
+        try:
+            text = Path(path).read_text()
+        except OSError as e:
+            raise ValueError(f"law file {path!r} does not exist or is unreadable "
+                             f"({type(e).__name__}); give a fits.json of analysis.fit_laws") from None
+        out[path] = from_law.parse(path, text)
+    return out
+
+
 def build_plans(args) -> tuple[list[RunConfig], dict[str, Plan]]:
     """`build`, and each run's plan by run id: planned once here (an impossible budget fails
     before Ray) and reused by the dry-run table, the trial order and the ETA."""
     kwargs = {k: v for k, v in (("preset", args.preset), ("sizes", args.sizes),
                                 ("budgets", args.budgets), ("families", args.families),
                                 ("readoff", args.readoff), ("seeds", args.seeds)) if v}
-    configs = sweeps.expand(args.sweep, overrides=tuple(args.set), **kwargs)
+    configs = sweeps.expand(args.sweep, overrides=tuple(args.set), law_files=read_laws(args.set),
+                            **kwargs)
     if not configs:
         raise ValueError(f"sweep {args.sweep!r} expanded to no runs")
     uri = resolve_uri(args.tracking_uri or configs[0].io.tracking_uri)

@@ -3,6 +3,7 @@
     expand("compute_bound")                        # laptop isoFLOP grid (the default preset)
     expand("compute_bound", preset="cluster")      # the same study at GPU scale
     expand("smoke", families=("masked",), overrides=("train.lr=1e-3",))
+    expand("compute_bound", overrides=("train.batch_size=law:out/fits/hparams_grid/fits.json",))
     search_space("hparams")                        # Optuna space over each hparams base config
 
 The orchestrator calls `expand` before Ray starts: unknown sweep, preset, family or size names
@@ -12,9 +13,10 @@ records: name, grid, optional shape and search), the mechanics in sweeps/grid.py
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from trainer.config import RunConfig
+from sweeps import from_law
 from sweeps.catalog import SWEEPS, SearchSpace, search_spaces
 from sweeps.recipe import DEFAULT_PRESET, PRESETS, Recipe, preset as get_preset
 
@@ -31,24 +33,28 @@ def expand(name: str, *, preset: str | None = DEFAULT_PRESET,
            sizes: Iterable[str] | None = None, budgets: Iterable[float] | None = None,
            families: Iterable[str] | None = None, knobs: Iterable[float] | None = None,
            overrides: Iterable[str] = (), readoff: str | None = None,
-           seeds: int | None = None) -> list[RunConfig]:
+           seeds: int | None = None, law_files: Mapping[str, dict] | None = None
+           ) -> list[RunConfig]:
     """The runs of sweep `name` under a preset, in a deterministic order.
 
     sizes / budgets / families / knobs replace the recipe's (sizes: these at every budget instead
     of centring on the compute-optimal size); `overrides` are `field.path=value` strings applied to
     every run (RunConfig.with_overrides). readoff ('constant' | 'branches' | 'none') and seeds
     replace the grid's (a trajectory study: one trunk per family, knob and size; its points are
-    sweeps.trajectory.planned_points). Every run has sweep=name and io.experiment=name."""
+    sweeps.trajectory.planned_points). Every run has sweep=name and io.experiment=name.
+    `law_files`: path -> from_law.parse(path, text) of every ``law:PATH`` override's file."""
     sweep = _sweep(name)
     recipe = get_preset(preset)
     selection = {k: None if v is None else tuple(v) for k, v in
                  (("sizes", sizes), ("budgets", budgets), ("families", families), ("knobs", knobs))}
     if isinstance(overrides, str):
         raise ValueError(f"overrides must be a list of field=value strings, got the string {overrides!r}")
-    overrides = list(overrides)
+    overrides, laws = from_law.split(list(overrides))
     runs = sweep(recipe, **selection, readoff=readoff, seeds=seeds)
     if overrides:
         runs = [r.with_overrides(overrides) for r in runs]
+    # --set train.batch_size=law:FITS: `law_files` maps FITS to its parsed groups (sweeps/from_law.py)
+    runs = from_law.apply(runs, laws, law_files or {})
     for r in runs:
         if r.sweep != name or r.io.experiment != name:
             raise ValueError(f"override changes the sweep tag or experiment of sweep {name!r} "

@@ -82,7 +82,8 @@ def grid_runs(sweep: str, shape: Shape, grid: Grid, tokens_per_param: float,
 
 def point_runs(sweep: str, shape: Shape, grid: Grid, tokens_per_param: float,
                definitions: Definitions = PROJECT) -> list[RunConfig]:
-    """One classic run per point of the grid (what a trajectory study's trunks replace)."""
+    """One classic run per point of the grid (what a trajectory study's trunks replace): budget ->
+    family -> knob -> pool -> size -> batch -> LR."""
     runs = []
     for budget in grid.budgets:
         for family in grid.families:
@@ -92,11 +93,22 @@ def point_runs(sweep: str, shape: Shape, grid: Grid, tokens_per_param: float,
                                                 grid.ratio_for(family, tokens_per_param),
                                                 time_cond, definitions.flop_convention)
             for knob in grid.knobs if FAMILIES[family].knob else (None,):
-                for size in sizes:
-                    runs.append(make_run(sweep, shape, size=size, family=family, knob=knob,
-                                         budget=budget, pool_tokens=grid.pool_tokens,
-                                         definitions=definitions))
+                for pool in grid.pools():
+                    for size in sizes:
+                        run = make_run(sweep, shape, size=size, family=family, knob=knob,
+                                       budget=budget, pool_tokens=pool,
+                                       definitions=definitions)
+                        runs += hp_variants(run, grid)
     return runs
+
+
+def hp_variants(run: RunConfig, grid: Grid) -> list[RunConfig]:
+    """The run at every (batch size, LR) of the grid's hyper-parameter grid (batch outer, LR
+    inner); just the run when the grid has none."""
+    if not grid.batch_sizes:
+        return [run]
+    return [dataclasses.replace(run, train=dataclasses.replace(run.train, batch_size=b, lr=lr))
+            for b in grid.batch_sizes for lr in grid.lrs]
 
 
 def select(grid: Grid, *, sizes=None, budgets=None, families=None, knobs=None, readoff=None,

@@ -74,13 +74,17 @@ LAPTOP = Recipe(
               grid=Grid(budgets=LAPTOP_BUDGETS, families=ALL_FAMILIES, knobs=(0.0,),
                         sizes_per_budget=3, tokens_per_param=LAPTOP_TOKENS_PER_PARAM,
                         readoff="constant")),
-        # Token-bound regime (2512.10858): a fixed pool of unique tokens (train.data_pool_tokens),
-        # repeated for as many epochs as the budget needs, the model size growing with the budget.
-        # RECIPE: 131,072 unique tokens (~270 KB of text), 8-31 epochs; 1 size below f*, 2 above.
-        Sweep(name="data_bound",     # RECIPE: constant read-off, 34% fewer FLOPs for 36 points
-              grid=Grid(budgets=(1e12, 2e12, 4e12),
+        # Token-bound regime (2512.10858; Muennighoff et al. 2023): a fixed pool of U unique tokens
+        # (train.data_pool_tokens) repeated for as many epochs as the budget needs. RECIPE: two
+        # pools, 32,768 and 131,072 tokens (~70 / 270 KB of text), 4 fixed sizes, one constant-LR
+        # trunk per (family, pool, size) read off at 5 budgets 2x apart: 0.4 to 140 epochs, so
+        # R* (analysis/data_constrained.py) is identified whether it is ~15 (AR) or hundreds
+        # (masked diffusion, Prabhudesai et al. 2025); ~20 min on this 2-core machine.
+        Sweep(name="data_bound",
+              grid=Grid(budgets=(1e11, 2e11, 4e11, 8e11, 1.6e12),
                         families=("autoregressive", "masked", "uniform"),
-                        sizes_per_budget=3, pool_tokens=2**17, readoff="constant")),
+                        sizes=("L2-d32", "L2-d48", "L2-d64", "L3-d80"),
+                        pool_tokens=(2**15, 2**17), readoff="constant")),
         # The hybrid's mixing shift b from masked (-1000) to uniform (1000) at fixed sizes and
         # budgets. RECIPE: one budget, 3 sizes, 2512.10858's five noise types; esolm at its trained
         # alpha_0 = 1 alongside (one run per size, no knob).
@@ -92,6 +96,16 @@ LAPTOP = Recipe(
         Sweep(name="hparams",
               grid=Grid(budgets=(1e12,), families=("autoregressive", "masked"), sizes_per_budget=2),
               search=Search(lr=(1e-3, 3e-2), batch_sizes=(4, 8, 16, 32), num_samples=8)),
+        # The same question as a grid (2512.10858's design, gidd-easydel
+        # notebooks/critical_batch_size2.ipynb): every (size, batch, LR) one constant-LR trunk
+        # (gidd-easydel notebooks/utils.py: constant LR, the loss read off the curve) read off at
+        # each budget, so each (N, D) gets a batch x LR surface (analysis/hp_laws.py). RECIPE:
+        # 2 sizes x 3 budgets = 6 (N, D) spanning 7.6x in D; batches 2-16 x 128 tokens bracket
+        # B* = 3.3e-3 D^0.82 (~250-1300 tokens here); LRs 1.5e-3 ... 1.1e-2 around LAPTOP's 3e-3.
+        Sweep(name="hparams_grid",
+              grid=Grid(budgets=(2.5e11, 4.33e11, 7.5e11), families=("autoregressive", "masked"),
+                        sizes=("L2-d16", "L2-d32"), batch_sizes=(2, 4, 8, 16),
+                        lrs=(1.5e-3, 4e-3, 1.1e-2), readoff="constant")),
         # Seconds per run, for tests and end-to-end checks. RECIPE: 1.65e11 = 3-8 s of training,
         # enough that the slots' ~4-5 s fixed start-up does not dominate (bench/bench_sweep.py).
         Sweep(name="smoke",
@@ -160,6 +174,11 @@ CLUSTER = Recipe(
         Sweep(name="hparams",
               grid=Grid(budgets=(1e17,), families=("autoregressive", "masked"), sizes_per_budget=2),
               search=Search(lr=(1e-4, 1e-2), batch_sizes=(64, 128, 256, 512), num_samples=24)),
+        Sweep(name="hparams_grid",   # RECIPE: 3 sizes x 3 budgets a half decade apart
+              grid=Grid(budgets=(1e17, 3.16e17, 1e18), families=("autoregressive", "masked",
+                                                                 "uniform"),
+                        sizes=("L6-d256", "L12-d512", "L18-d768"), batch_sizes=(32, 64, 128, 256, 512),
+                        lrs=(3e-4, 1e-3, 3e-3, 1e-2), readoff="constant")),
         dataclasses.replace(LAPTOP.sweep("smoke"),   # the GPU path, in seconds
                             shape=dataclasses.replace(SMOKE_SHAPE, engine=GPU_ENGINE)),
     ),

@@ -73,13 +73,22 @@ class Grid:
     whose measured minimum is flat or noisy needs a wider curve to show it)."""
     sizes: tuple[str, ...] = ()
     """Non-empty: exactly these sizes at every budget, instead of centring on f*."""
-    pool_tokens: int | None = None
-    """Data-bound grids: train on only the first this-many training tokens, repeated in epochs."""
+    pool_tokens: int | tuple[int, ...] | None = None
+    """Data-bound grids: train on only the first this-many training tokens, repeated in epochs;
+    a tuple: every point at each pool size (analysis/data_constrained.py needs >= 2 to separate
+    R* from the data exponent)."""
     tokens_per_param: tuple[tuple[str, float], ...] = ()
     """(family, D/N) pairs: that family's sizes are centred on the compute-optimal size of this
     tokens-per-parameter ratio instead of the recipe's (core.flops.compute_optimal_flops_per_token).
     Chinchilla's 20 is an autoregressive rule; where a family's isoFLOP minimum sits at a preset's
     scale is a measurement (LAPTOP_TOKENS_PER_PARAM)."""
+
+    batch_sizes: tuple[int, ...] = ()
+    """Hyper-parameter grid (the hparams_grid sweep): non-empty, every point is run at each of
+    these batch sizes (sequences per step) ..."""
+    lrs: tuple[float, ...] = ()
+    """... and each of these peak LRs (a log grid; replaces Shape.lr_for), so analysis/hp_laws.py
+    can fit the loss surface over (log B, log eta) per (N, D). Both or neither."""
 
     readoff: str | None = None
     """None: one run per point (each its own cosine schedule). 'constant' | 'branches': one
@@ -150,8 +159,34 @@ class Grid:
             raise ValueError(f"seeds must be a positive int, got {self.seeds!r}")
         if self.seeds > 1 and self.readoff is None:
             raise ValueError("seeds: repeats with other seeds are a trajectory study's (set readoff)")
-        if self.pool_tokens is not None and self.pool_tokens < 1:
-            raise ValueError(f"pool_tokens must be positive, got {self.pool_tokens!r}")
+        if isinstance(self.pool_tokens, list):
+            object.__setattr__(self, "pool_tokens", tuple(self.pool_tokens))
+        object.__setattr__(self, "batch_sizes", tuple(self.batch_sizes))
+        object.__setattr__(self, "lrs", tuple(float(x) for x in self.lrs))
+        if bool(self.batch_sizes) != bool(self.lrs):
+            raise ValueError("batch_sizes and lrs: a hyper-parameter grid needs both (or neither)")
+        for b in self.batch_sizes:
+            if isinstance(b, bool) or not isinstance(b, int) or b < 1:
+                raise ValueError(f"batch_sizes: {b!r} is not a positive int")
+        for x in self.lrs:
+            if not (x > 0 and math.isfinite(x)):
+                raise ValueError(f"lrs: {x!r} is not a positive finite learning rate")
+        for name in ("batch_sizes", "lrs"):
+            if len(set(getattr(self, name))) != len(getattr(self, name)):
+                raise ValueError(f"{name} must not repeat: {getattr(self, name)}")
+        for pool in self.pools():
+            if pool is None:
+                continue
+            if isinstance(pool, bool) or not isinstance(pool, int) or pool < 1:
+                raise ValueError(f"pool_tokens must be positive ints, got {self.pool_tokens!r}")
+        if len(set(self.pools())) != len(self.pools()):
+            raise ValueError(f"pool_tokens must not repeat: {self.pool_tokens}")
+
+    def pools(self) -> tuple[int | None, ...]:
+        """The pool sizes every point is run at ((None,): the whole corpus)."""
+        if isinstance(self.pool_tokens, (tuple, list)):
+            return tuple(self.pool_tokens)
+        return (self.pool_tokens,)
 
 
 @dataclass(frozen=True, kw_only=True)

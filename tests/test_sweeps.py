@@ -22,7 +22,7 @@ import pytest
 
 import sweeps
 from sweeps.calibration import CPU_TOKENS_PER_S
-from sweeps.recipe import PRESETS
+from sweeps.recipe import PRESETS, Grid
 from core.flops import compute_optimal_flops_per_token
 from sweeps.trajectory import run_flops, planned_points
 from trainer.families.registry import FAMILIES
@@ -226,20 +226,32 @@ def test_expansion_is_deterministic_and_ordered():
     assert len(trunks) == len({(r.noise.family, r.size) for r in runs})
 
 
-def test_data_bound_repeats_a_fixed_pool_with_growing_models():
-    runs = _plans("data_bound", "laptop")
-    pools = {c.train.data_pool_tokens for c, _ in runs}
-    assert len(pools) == 1 and None not in pools
-    pool = pools.pop()
-    epochs = [p.steps * c.train.batch_size * c.train.seq_len / pool for c, p in runs]
-    assert min(epochs) > 4                               # token-bound: every run repeats the data
-    by_budget = defaultdict(list)
-    for c, p in runs:
-        by_budget[c.train.budget_flops].append(p.flops_per_step)
-    budgets = sorted(by_budget)
-    assert len(budgets) >= 3
-    for lo, hi in zip(budgets, budgets[1:]):              # the model grows with the budget
-        assert max(by_budget[hi]) > max(by_budget[lo]) and min(by_budget[hi]) > min(by_budget[lo])
+def test_data_bound_repeats_two_pools_from_one_to_32_epochs():
+    # issue 18: R* is identifiable only with repetitions from ~1 to >= 32 epochs at two pool sizes
+    runs = sweeps.expand("data_bound")
+    pools = sorted({c.train.data_pool_tokens for c in runs})
+    assert len(pools) == 2 and None not in pools
+    for pool in pools:
+        epochs = []
+        for trunk in (c for c in runs if c.train.data_pool_tokens == pool):
+            fpt = plan(trunk, trunk.data.vocab_size).flops_per_step / (
+                trunk.train.batch_size * trunk.train.seq_len)
+            epochs += [b / fpt / pool for b in trunk.train.readoffs]
+        assert min(epochs) <= 2 and max(epochs) >= 32, (pool, min(epochs), max(epochs))
+    assert len({c.size for c in runs}) >= 3               # N varies at every pool: E, A, alpha
+
+
+def test_hparams_grid_is_a_batch_by_lr_grid_per_size_and_budget():
+    runs = sweeps.expand("hparams_grid")
+    grid = PRESETS["laptop"].sweep("hparams_grid").grid
+    for family in grid.families:
+        for size in grid.sizes:
+            cell = [(c.train.batch_size, c.train.lr) for c in runs
+                    if c.noise.family == family and c.size == size]
+            assert sorted(cell) == sorted((b, lr) for b in grid.batch_sizes for lr in grid.lrs)
+    assert all(set(c.train.readoffs) == set(grid.budgets) for c in runs)   # every (N, D) surface
+    with pytest.raises(ValueError, match="batch_sizes and lrs"):
+        Grid(budgets=(1e12,), families=("masked",), batch_sizes=(4, 8))
 
 
 def test_noise_sweep_spans_masked_to_uniform():
