@@ -143,9 +143,13 @@ class _Config:
 def _configs(g: pd.DataFrame) -> tuple[list[_Config], int, list[str]]:
     g = g.dropna(subset=["batch_tokens", "lr"])
     trunks = {t: i for i, t in enumerate(sorted(g["trunk"].astype(str).unique()))}
-    d_key = g["D"].map(lambda d: float(f"{d:.{D_DIGITS}g}"))
+    # One (N, D) = one size at one budget: its batches reach the budget within 1%, so D differs
+    # a little by batch (the median is its D). Without budgets (a table): D to D_DIGITS digits.
+    key = (g["budget"] if "budget" in g and g["budget"].notna().all()
+           else g["D"].map(lambda d: float(f"{d:.{D_DIGITS}g}")))
     out, notes = [], []
-    for (n, d), c in g.groupby([g["N"], d_key], sort=True):
+    for (n, _), c in g.groupby([g["N"], key], sort=True):
+        d = float(c["D"].median())
         if c["batch_tokens"].nunique() < MIN_VALUES or c["lr"].nunique() < MIN_VALUES:
             notes.append(f"(N={n:.3g}, D={d:.3g}): {c['batch_tokens'].nunique()} batch sizes x "
                          f"{c['lr'].nunique()} LRs; a surface needs >= {MIN_VALUES} of each")

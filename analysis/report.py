@@ -91,6 +91,7 @@ def fits_json(study: StudyFit) -> dict:
             "lr_law": g.hp.lr_law.as_dict() if g.hp and g.hp.lr_law else None,
             "hp_optima": g.hp.as_dict()["optima"] if g.hp else None,
             "data_constrained": g.data_constrained.as_dict() if g.data_constrained else None,
+            "data_frontier": list(g.data_frontier),
         }
     return nan_to_none({
         "flop_convention": study.flop_convention, "n_column": study.n_column,

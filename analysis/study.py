@@ -43,6 +43,8 @@ class GroupFit:
     """Batch and LR laws (analysis/hp_laws.py) where the points vary batch and LR."""
     data_constrained: dc.DataConstrainedFit | None = None
     """Muennighoff et al.'s R* law (analysis/data_constrained.py) where points repeat a pool."""
+    data_frontier: tuple[dict, ...] = ()
+    """The token-bound frontier L*(U): per (U, D) the best loss over N (data_constrained.frontier)."""
 
     def law(self, name: str) -> LawFit | None:
         """The group's fit of law ``name`` (a key of laws.LAWS), None if it could not be fitted."""
@@ -130,8 +132,9 @@ def fit_group(final: pd.DataFrame, group: str, *, n_boot: int, seed: int,
     if hp is not None:
         messages += list(hp.messages)
     repeated = g[np.isfinite(g["U"])] if "U" in g else g.iloc[:0]
-    constrained = None
+    constrained, data_frontier = None, ()
     if (repeated["D"] > repeated["U"]).any():
+        data_frontier = tuple(dc.frontier(repeated).to_dict("records"))
         try:
             constrained = dc.fit_data_constrained(repeated, group, n_boot=n_boot, seed=seed)
         except ValueError as e:
@@ -147,6 +150,7 @@ def fit_group(final: pd.DataFrame, group: str, *, n_boot: int, seed: int,
         # Without an L(C) on all the data there is nothing to backtest (and its message says why).
         backtest=_attempt(lambda: backtest(g, group), messages) if "compute" in laws else None,
         messages=tuple(messages), hp=hp, data_constrained=constrained,
+        data_frontier=data_frontier,
     )
 
 

@@ -40,7 +40,7 @@ def _trial(client, exp_id, parent_id, *, family, size, budget, n, evals, status=
     params = {"model.n_layer": "2", "train.batch_size": "8", M.PARAM_N_TOTAL: str(int(n)),
               M.PARAM_N_BACKBONE: str(int(n)),   # the N a fit uses by default: the planted N
               M.PARAM_N_NONEMBED: str(int(n * 0.6)), M.PARAM_FLOPS_PER_TOKEN: repr(6 * n),
-              "tokens_per_step": "1024",
+              "tokens_per_step": "1024", "train.lr": "0.003", "train.data_pool_tokens": "None",
               # every convention's count (issue 13): one of them grows faster than N
               **{M.flops_per_token_param(c): repr(_fpt(c, n)) for c in CONVENTIONS}}
     metrics = []
@@ -112,6 +112,9 @@ def test_load_runs_rows_and_columns(store):
     assert fin["step"].eq((raw["C"].to_numpy() / 1e9).astype(int)).all()
     assert fin["train_loss"].notna().all() and fin["knob"].isna().all()
     assert (runs["sweep"] == SWEEP).all()
+    # the hparams / data-constrained columns come from the flattened config params
+    assert (runs["batch_tokens"] == 1024).all() and (runs["lr"] == 0.003).all()
+    assert runs["pool_tokens"].isna().all()          # "None": the whole corpus
 
 
 def test_bulk_and_per_run_metric_paths_agree(store):
