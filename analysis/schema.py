@@ -15,6 +15,7 @@ final evaluation, or a constant-LR trunk's read-off at one budget (analysis/traj
 from __future__ import annotations
 
 from core import schema as M
+from core.schema import group_label  # noqa: F401  (re-exported: the fit-group name)
 from core.flops import CONVENTIONS
 
 # Parameter counts a fit can use as N (fit_laws --n-column). The default is the backbone: the
@@ -105,10 +106,3 @@ FLOPS_PER_PARAM_TOKEN = 6.0
 
 class AnalysisError(ValueError):
     """Bad input to the analysis: the message names the experiment, family or column at fault."""
-
-
-def group_label(family: str, knob: float) -> str:
-    """Fit-group name: knob values of one family are different curves, each gets its own law."""
-    if knob != knob:  # NaN: family without a knob
-        return family
-    return f"{family}@{knob:g}"

@@ -234,3 +234,11 @@ def role_filter(role: str, status: str | None = None) -> str:
     """Search filter for the runs of one role, optionally of one MLflow status."""
     clause = tag_filter(TAG_ROLE, role)
     return clause if status is None else f"{clause} and attributes.status = '{status}'"
+
+
+def group_label(family: str, knob: float) -> str:
+    """Fit-group name (what analysis/ fits one law to, and fits.json's group key, which
+    sweeps/from_law.py reads back): knob values of one family are different curves."""
+    if knob != knob:  # NaN: family without a knob
+        return family
+    return f"{family}@{knob:g}"

@@ -58,7 +58,7 @@ def _law(groups: dict, path: str, group: str, name: str) -> tuple[float, float]:
 
 
 def _group(cfg: RunConfig) -> str:
-    from analysis.schema import group_label
+    from core.schema import group_label
     knob = cfg.noise.knob()
     return group_label(cfg.noise.family, float("nan") if knob is None else float(knob))
 
