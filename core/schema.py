@@ -117,6 +117,8 @@ ROLE_PARENT = "parent"
 ROLE_TRIAL = "trial"
 ROLE_SAMPLING = "sampling"
 ROLE_SAMPLING_PARENT = "sampling_parent"
+ROLE_EVALUATION = "evaluation"                     # downstream tasks of one trained run (orchestrator/evaluation.py)
+ROLE_EVALUATION_PARENT = "evaluation_parent"
 
 TAG_PARENT = "mlflow.parentRunId"                  # MLflow's own nesting tag
 STATUS_FINISHED = "FINISHED"                       # MLflow run status of a completed run
@@ -165,6 +167,10 @@ TAG_VAL_NELBO = "dlm.val_nelbo"
 TAG_REF_ENTROPY = "dlm.ref_entropy"
 TAG_SAMPLING_KEY = "dlm.sampling_key"
 
+# --- evaluation tags (also TAG_SOURCE_RUN, TAG_VAL_NELBO and the trial tags copied from the run) --
+TAG_EVAL_KEY = "dlm.eval_key"                      # hash of the evaluation settings (skip when equal)
+TAG_EVAL_TASKS = "dlm.eval_tasks"                  # comma-separated task names evaluated
+
 # --- trial params (beside the flattened config) ---------------------------------------------------
 PARAM_N_BACKBONE = "n_params_backbone"            # N of the laws (core.flops.backbone_params)
 PARAM_N_TIME_COND = "n_params_time_cond"           # core.flops.time_cond_params
@@ -206,12 +212,33 @@ METRIC_ENTROPY = "entropy"
 METRIC_NFE = "nfe"
 SAMPLING_METRICS = (METRIC_TOKENS_PER_S, METRIC_LATENCY_S, METRIC_GEN_PPL, METRIC_ENTROPY, METRIC_NFE)
 
+# --- evaluation metrics and params (one set per task: eval_metric(task, EVAL_*)) -------------------
+EVAL_ACC = "acc"                                   # accuracy (multiple choice: argmax of the log-likelihood)
+EVAL_ACC_NORM = "acc_norm"                         # multiple choice: argmax of log-likelihood per character
+EVAL_CHANCE = "chance"                             # accuracy of a uniform guess (mean 1/choices; 0 for generation)
+EVAL_NLL_TOKEN = "nll_per_token"                   # LAMBADA: NLL (AR) / NELBO (diffusion) of the last word per token
+EVAL_ACC_DRAW_SD = "acc_draw_sd"                   # diffusion: sd of acc over single-t-draw estimators
+EVAL_LL_SE = "ll_se"                               # diffusion: mean standard error of a choice's log-likelihood (nats)
+EVAL_SECONDS = "seconds"                           # wall time of the task in the job
+EVAL_N = "n"                                       # param: items scored
+EVAL_VERSION = "version"                           # param: the task data's version (oe-eval task_hash)
+PARAM_EVAL_SEED = "eval.seed"                      # seeds the t draws and the samplers
+PARAM_EVAL_SUBSET_SEED = "eval.subset_seed"        # picks the item subset (the same for every run)
+PARAM_EVAL_T_DRAWS = "eval.t_draws"                # diffusion: t draws per choice
+PARAM_EVAL_STEPS = "eval.steps"                    # diffusion: sampler steps for generation tasks
+PARAM_EVAL_GEN_TOKENS = "eval.gen_tokens"          # GSM8K: tokens generated per answer
+
 
 
 
 def sampler_setting_param(setting: str) -> str:
     """Sampling param: one setting of the sampler (a field of trainer.sampling.remasking.MaskedRemdm, ...)."""
     return f"{PARAM_SAMPLER}.{setting}"
+
+
+def eval_metric(task: str, what: str) -> str:
+    """Evaluation metric (or param, for EVAL_N / EVAL_VERSION) `what` of one task: 'eval.piqa.acc'."""
+    return f"eval.{task}.{what}"
 
 
 def flops_per_token_param(convention: str) -> str:
