@@ -32,6 +32,13 @@ class Autoregressive(NoiseFamily):
         start = torch.full_like(x[:, :1], self.start_id)
         return NoisyBatch(inputs=torch.cat([start, x[:, :-1]], 1), targets=x, t=None)
 
+    def condition(self, x, keep, t=None, t_weight=None, generator=None):
+        """Exact: every position is read after the ones before it ([start, x_0 .. x_{L−2}]), so the
+        scored positions' NLL is −log p(x_scored | x_kept) when the kept ones come first."""
+        start = torch.full_like(x[:, :1], self.start_id)
+        return NoisyBatch(inputs=torch.cat([start, x[:, :-1]], 1), targets=x, t=None,
+                          loss_mask=~keep)
+
     def corrupt(self, x, t, generator=None):
         return x
 

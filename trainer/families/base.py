@@ -230,6 +230,17 @@ class NoiseFamily(ABC):
         return NoisyBatch(inputs=z, targets=x, t=t, t_weight=None if t_power == 1.0 else t_weight,
                           loss_mask=loss_mask)
 
+    def condition(self, x: Tensor, keep: Tensor, t: Tensor, t_weight: Tensor | None = None,
+                  generator=None) -> NoisyBatch:
+        """A batch that scores the positions of x (B, L) outside `keep` (B, L) bool given those in
+        it, held clean (a downstream task's context, trainer/evaluation/score.py): z_t ~ q_t(·|x)
+        at time t (B,) on the scored positions, x on the kept ones, loss_mask = ~keep. The NELBO
+        summed over the scored positions bounds −log p(x_scored | x_kept): the forward process
+        factorises over positions, so the kept ones are a clean condition (gidd-easydel's clean
+        prompt, `_prompt_free`, is the same construction with a random prompt)."""
+        z = torch.where(keep, x, self.corrupt(x, t, generator))
+        return NoisyBatch(inputs=z, targets=x, t=t, t_weight=t_weight, loss_mask=~keep)
+
     @abstractmethod
     def corrupt(self, x: Tensor, t: Tensor, generator=None) -> Tensor:
         """Sample z_t ~ q_t(·|x) independently per position. x (B, T), t (B,) or (B, T) -> z (B, T)."""

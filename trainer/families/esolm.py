@@ -71,6 +71,15 @@ class EsoLM(Masked):
             batch.seq = self.sequential_batch(batch.targets, generator, batch.loss_mask)
         return batch
 
+    def condition(self, x, keep, t, t_weight=None, generator=None):
+        """Masked's clean-context batch with Eso-LM's ordered attention (the kept tokens are clean,
+        so they come first in the order) and, for α₀ < 1, the sequential pass over the scored ones."""
+        batch = super().condition(x, keep, t, t_weight, generator)
+        batch.attend = ordered_attention(diffusion_ranks(batch.inputs == self.mask_id, generator))
+        if self.alpha_0 < 1.0:
+            batch.seq = self.sequential_batch(x, generator, batch.loss_mask)
+        return batch
+
     def sequential_batch(self, x: Tensor, generator=None, loss_mask: Tensor | None = None
                          ) -> NoisyBatch:
         """The sequential part's two-stream batch: inputs [z_0, x] (B, 2T), z_0 ~ q(·|x, α₀);

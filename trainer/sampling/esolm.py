@@ -48,20 +48,24 @@ class EsoLMSampler(Sampler):
         return ((f"alpha_0={self.alpha_0:g}",) if self.alpha_0 != 1.0 else ()) + (
             () if self.kv_cache else ("no_kv_cache",))
 
-    def sample(self, model, family, *, n, seq_len, steps, draw: Draw, gen, start_id):
+    def sample(self, model, family, *, n, seq_len, steps, draw: Draw, gen, start_id, prefix=None):
         if takes_t(model.cfg):
             raise ValueError("Eso-LM samples without time conditioning (scaling-dllms "
                              "EsoLMDiT.forward_sample runs its adaLN at t = 0); got time_cond="
                              f"{model.cfg.time_cond!r}")
-        counts, diffused = reveal_counts(self.alpha_0, family.cfg.eps, steps, seq_len, gen)
+        P = 0 if prefix is None else prefix.shape[1]
+        counts, diffused = reveal_counts(self.alpha_0, family.cfg.eps, steps, seq_len - P, gen)
         device = gen.device
-        order = torch.rand((n, seq_len), generator=gen, device=device).argsort(-1)  # slot -> pos
+        order = P + torch.rand((n, seq_len - P), generator=gen, device=device).argsort(-1)
         order[:, diffused:] = order[:, diffused:].sort(-1).values   # sequential: left to right
         slots = torch.full((n, seq_len), family.mask_id, dtype=torch.long, device=device)
+        if P:                          # a prefix: clean, first in the order (slot -> pos)
+            order = torch.cat([torch.arange(P, device=device).expand(n, P), order], 1)
+            slots[:, :P] = prefix
         cache = (KVCache(model.cfg, n, device, next(model.parameters()).dtype, ordered=True)
                  if self.kv_cache else None)
         causal = torch.ones(seq_len, seq_len, dtype=torch.bool, device=device).tril()
-        done = 0
+        done = P
         for i, k in enumerate(counts):
             if cache is None:
                 logits = model(slots, None, attend=causal.expand(n, -1, -1), pos=order)

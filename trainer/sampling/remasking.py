@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Callable
 import torch
 
 from core.ladder import takes_t
-from trainer.sampling.samplers import Chunk, Sampler, _alpha, _call, _draw
+from trainer.sampling.samplers import Chunk, Sampler, _alpha, _call, _draw, start_masked
 
 if TYPE_CHECKING:
     from trainer.families.base import NoiseFamily
@@ -154,10 +154,12 @@ class MaskedRemdm(Sampler):
         """The K = steps reverse steps, the last ending at α = 1 (σ = 0 there)."""
         return SCHEDULES[self.schedule](self, family, steps)
 
-    def sample(self, model, family, *, n, seq_len, steps, draw, gen, start_id):
+    def sample(self, model, family, *, n, seq_len, steps, draw, gen, start_id, prefix=None):
         device = gen.device
         timed = takes_t(model.cfg)
-        z = torch.full((n, seq_len), family.mask_id, dtype=torch.long, device=device)
+        z = start_masked(family, n, seq_len, device, prefix)
+        given = torch.zeros_like(z, dtype=torch.bool)
+        given[:, :0 if prefix is None else prefix.shape[1]] = True           # never remasked
         probs, nfe = None, 0
         plan = self.plan(family, steps)
         for k, st in enumerate(plan):
@@ -169,7 +171,7 @@ class MaskedRemdm(Sampler):
             u = torch.rand(z.shape, generator=gen, device=device)                   # (n, T)
             masked = z == family.mask_id
             reveal = masked & (u < p_unmask)
-            remask = ~masked & (u < sigma)
+            remask = ~masked & ~given & (u < sigma)
             if reveal.any():
                 picked = (probs[reveal].argmax(-1) if last and draw.greedy_final
                           else _draw(probs[reveal], gen))

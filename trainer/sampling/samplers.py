@@ -153,8 +153,12 @@ class Sampler(ABC):
 
     @abstractmethod
     def sample(self, model: nn.Module, family: NoiseFamily, *, n: int, seq_len: int, steps: int,
-               draw: Draw, gen: torch.Generator, start_id: int | None) -> Chunk:
-        """n sequences of seq_len tokens; draws only from `gen` (on the model's device)."""
+               draw: Draw, gen: torch.Generator, start_id: int | None,
+               prefix: Tensor | None = None) -> Chunk:
+        """n sequences of seq_len tokens; draws only from `gen` (on the model's device).
+        `prefix` (n, P), P < seq_len: the first P tokens of every sequence are given, clean from
+        the first step to the last (the context of a downstream task, trainer/evaluation), and
+        returned as they are; the sampler draws the other seq_len − P."""
 
 
 def cdf64(probs: Tensor) -> Tensor:
@@ -194,9 +198,9 @@ class MaskedAncestral(Sampler):
     """MDLM ancestral sampling with logit caching (module docstring)."""
     name = "masked-ancestral-cached"
 
-    def sample(self, model, family, *, n, seq_len, steps, draw, gen, start_id):
+    def sample(self, model, family, *, n, seq_len, steps, draw, gen, start_id, prefix=None):
         device = gen.device
-        z = torch.full((n, seq_len), family.mask_id, dtype=torch.long, device=device)
+        z = start_masked(family, n, seq_len, device, prefix)     # a prefix is never masked
         probs, nfe = None, 0
         for k in range(steps):
             t, s = 1.0 - k / steps, 1.0 - (k + 1) / steps
@@ -215,6 +219,14 @@ class MaskedAncestral(Sampler):
         return Chunk(z, steps, nfe)
 
 
+def start_masked(family: NoiseFamily, n: int, seq_len: int, device, prefix: Tensor | None) -> Tensor:
+    """z_1 of masked diffusion: every position masked but a given prefix (Sampler.sample)."""
+    z = torch.full((n, seq_len), family.mask_id, dtype=torch.long, device=device)
+    if prefix is not None:
+        z[:, :prefix.shape[1]] = prefix
+    return z
+
+
 def _prior_mass(family: NoiseFamily, t: float, device) -> Tensor:
     """β_t π_t over the S input states, (S,) float32, read off `family.marginal`: for z ≠ x,
     q_t(z | x) = β_t π_t(z). References x = 0 and x = 1 cover every state with no cancellation."""
@@ -229,15 +241,20 @@ class PosteriorAncestral(Sampler):
     """Ancestral sampling from p_θ(z_s | z_t) ∝ q(z_t | z_s) q_s(z_s | x̂) (module docstring)."""
     name = "mean-param-ancestral"
 
-    def sample(self, model, family, *, n, seq_len, steps, draw, gen, start_id):
+    def sample(self, model, family, *, n, seq_len, steps, draw, gen, start_id, prefix=None):
         prior = _prior_mass(family, 1.0, gen.device)                          # (S,)
         z = _draw((prior / prior.sum()).expand(n, seq_len, -1), gen)          # z_1 ~ π_1
+        P = 0 if prefix is None else prefix.shape[1]
         for k in range(steps):                                                # the last step: s = 0
             t, s = 1.0 - k / steps, 1.0 - (k + 1) / steps
+            if P:
+                z[:, :P] = prefix                                             # the prefix stays clean
             x_hat = draw.probs(_call(model, z, t))                            # (n, T, V)
             post = self.unnormalised(family, x_hat, z, t, s)                  # (n, T, S)
             # s = 0 puts no mass on the mask: the argmax is a real token
             z = post.argmax(-1) if k == steps - 1 and draw.greedy_final else _draw(post, gen)
+        if P:
+            z[:, :P] = prefix
         return Chunk(z, steps, steps)                                         # real tokens only
 
     @staticmethod
@@ -273,18 +290,23 @@ class Autoregressive(Sampler):
 
     name = "ar-kvcache"
 
-    def sample(self, model, family, *, n, seq_len, steps, draw, gen, start_id):
+    def sample(self, model, family, *, n, seq_len, steps, draw, gen, start_id, prefix=None):
         if start_id is None:
             raise ValueError("autoregressive sampling needs start_id (e.g. the corpus's eot id)")
         device = gen.device
         cache = KVCache(model.cfg, n, device, next(model.parameters()).dtype)
         out = torch.empty((n, seq_len), dtype=torch.long, device=device)
         prev = torch.full((n, 1), start_id, dtype=torch.long, device=device)
-        for i in range(seq_len):
+        P = 0
+        if prefix is not None:                          # read [start, prefix] in one forward
+            P = prefix.shape[1]
+            out[:, :P] = prefix
+            prev = torch.cat([prev, prefix], 1)
+        for i in range(P, seq_len):
             logits = model.decode(prev, cache)[:, -1]                          # (n, V)
             out[:, i] = _draw(draw.probs(logits), gen)
             prev = out[:, i : i + 1]
-        return Chunk(out, seq_len, seq_len)
+        return Chunk(out, seq_len, seq_len - P)
 
 
 @torch.no_grad()
@@ -292,7 +314,8 @@ def generate(model: nn.Module, family: NoiseFamily, *, n: int, seq_len: int, ste
              temperature: float = 1.0, device: str | torch.device = "cpu",
              batch_size: int | None = None, start_id: int | None = None, top_p: float = 1.0,
              greedy_final: bool = False, sampler: str | None = None,
-             sampler_settings: Mapping[str, object] | None = None) -> SampleResult:
+             sampler_settings: Mapping[str, object] | None = None,
+             prefix: Tensor | None = None) -> SampleResult:
     """Sample n sequences of seq_len tokens from `model` (a trainer.model.transformer.Transformer of `family`).
 
     steps: denoising steps on the uniform grid t_k = 1 − k/steps (ignored by the AR family, which
@@ -303,7 +326,10 @@ def generate(model: nn.Module, family: NoiseFamily, *, n: int, seq_len: int, ste
     ignored by diffusion). The model is put in eval mode and moved to `device`.
     sampler, sampler_settings: one of the family's samplers by name (default: its first,
     NoiseFamily.sampler) with settings that replace its defaults (NoiseFamily.pick_sampler;
-    ValueError naming an unknown one and the known ones)."""
+    ValueError naming an unknown one and the known ones).
+    prefix: (P,) or (n, P) token ids every sequence starts with, kept clean throughout and
+    returned in `tokens` (Sampler.sample; P < seq_len): conditional generation for downstream
+    tasks (trainer/evaluation)."""
     if not isinstance(getattr(family, "sampler", None), Sampler):
         raise ValueError(f"family {family.name!r} declares no sampler (NoiseFamily.sampler)")
     try:
@@ -318,12 +344,19 @@ def generate(model: nn.Module, family: NoiseFamily, *, n: int, seq_len: int, ste
         raise ValueError(f"seq_len {seq_len} exceeds the model's seq_len {model.cfg.seq_len}")
     batch = batch_size or n
     device = torch.device(device)
+    if prefix is not None:
+        prefix = torch.as_tensor(prefix, dtype=torch.long, device=device)
+        prefix = prefix.expand(n, -1) if prefix.dim() == 1 else prefix
+        if prefix.shape[0] != n or not 0 < prefix.shape[1] < seq_len:
+            raise ValueError(f"prefix must be (P,) or (n={n}, P) with 0 < P < seq_len={seq_len}, "
+                             f"got shape {tuple(prefix.shape)}")
     model = model.to(device).eval()
     gen = torch.Generator(device=device).manual_seed(seed)
     _sync(device)
     t0 = time.perf_counter()
     chunks = [chosen.sample(model, family, n=min(batch, n - i), seq_len=seq_len, steps=steps,
-                             draw=draw, gen=gen, start_id=start_id)
+                             draw=draw, gen=gen, start_id=start_id,
+                             **({} if prefix is None else {"prefix": prefix[i:i + batch]}))
               for i in range(0, n, batch)]
     _sync(device)
     seconds = time.perf_counter() - t0
