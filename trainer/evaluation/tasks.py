@@ -103,6 +103,28 @@ def parse_tasks(text: str) -> tuple[str, ...]:
     return names
 
 
+def parse_counts(text: str, tasks: tuple[str, ...]) -> dict[str, int | None]:
+    """Documents per task from '--n' text: '100' (every task), '100,gsm8k=20' (a default and
+    exceptions) or 'piqa=50,lambada=0'; 0 means all of them (None), a task left unnamed without a
+    default too. ValueError naming a bad item or a task not among `tasks`."""
+    default, out = None, {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, eq, value = item.rpartition("=")
+        if eq and name.strip() not in tasks:
+            raise ValueError(f"--n: {name.strip()!r} is not one of the tasks evaluated ({', '.join(tasks)})")
+        try:
+            count = int(value)
+        except ValueError:
+            count = -1
+        if count < 0:
+            raise ValueError(f"--n: {item!r}: documents per task must be an int >= 0 (0: all)")
+        if eq:
+            out[name.strip()] = count or None
+        else:
+            default = count or None
+    return {t: out.get(t, default) for t in tasks}
+
+
 def load_task(name: str, n: int | None = None, subset_seed: int = 0) -> Task:
     """The task's first n documents of a `subset_seed` permutation (all of them for n = None)."""
     if name not in TASKS:
