@@ -53,8 +53,8 @@ EVAL_COLUMNS: dict[str, str] = {
     "group": "schema.group_label(family, knob): 'masked', 'hybrid@-2', ...",
     "size": "ladder name of the trained model",
     "budget": "training budget tag, FLOPs",
-    "compute": "training FLOPs C of the trial's final evaluation, under flop_convention "
-               "(analysis.load.final_points); NaN if the trial is not a finished trial run",
+    "compute": "training FLOPs C of the trial's final evaluation (the scored weights), under "
+               "flop_convention; NaN if the trial is not a finished trial run",
     "flop_convention": "what compute counts (a core.flops.CONVENTIONS name)",
     "val_nelbo": f"the trial's final validation NELBO, nats/token ({M.TAG_VAL_NELBO}; else the "
                  "trial's own final point)",
@@ -142,19 +142,24 @@ def _rows(runs: list) -> pd.DataFrame:
 
 def _training(experiment: str, tracking_uri: str | None, sources: set[str],
               flops: str | None) -> tuple[pd.DataFrame, str]:
-    """(source_run, compute, trial_loss) of the evaluated trial runs, and the FLOP convention,
-    through the trial loader and its final points (one rule for C everywhere)."""
+    """(source_run, compute, trial_loss) of the evaluated trial runs, and the FLOP convention.
+    compute is the trial's own cumulative FLOPs at its final evaluation (is_final), under the
+    convention: the compute of the weights that were scored. (A read-off study's law points,
+    load.final_points, are trunk@budget read-offs with a cooldown factor: not these weights.)"""
+    from analysis.conventions import column
     runs = load.load_runs(experiment, tracking_uri)
     mine = runs[runs["mlflow_run_id"].isin(sources)]
     convention = flops or load.study_convention(mine)
     empty = pd.DataFrame(columns=["source_run", "compute", "trial_loss"])
     if mine.empty:
         return empty, convention
-    final, _ = load.final_points(mine, flops=convention)
-    ids = mine.drop_duplicates("mlflow_run_id")[["mlflow_run_id", "run_id"]]
-    out = ids.merge(final[["run_id", "C", "loss"]], on="run_id", how="inner")
-    return (out.rename(columns={"mlflow_run_id": "source_run", "C": "compute",
-                                "loss": "trial_loss"})[list(empty.columns)], convention)
+    final = mine[mine["is_final"].astype(bool)].sort_values("step").groupby("mlflow_run_id").tail(1)
+    own = final["flops"].astype(float).where(final["flop_convention"] == convention)
+    compute = (final[column(convention)].astype(float).fillna(own) if column(convention) in final
+               else own)                           # a convention column, else the run's own count
+    out = pd.DataFrame({"source_run": final["mlflow_run_id"], "compute": compute,
+                        "trial_loss": final["val_nelbo"].astype(float)})
+    return out[list(empty.columns)].reset_index(drop=True), convention
 
 
 def load_evaluations(experiment: str, tracking_uri: str | None = None, key: str | None = None,
@@ -198,17 +203,22 @@ def load_evaluations(experiment: str, tracking_uri: str | None = None, key: str 
 # Reports (pure)
 # --------------------------------------------------------------------------------------------------
 def pooled(df: pd.DataFrame) -> pd.DataFrame:
-    """Per (group, task): runs, runs above chance, pooled k / n with its Wilson interval, the
-    n-weighted chance and whether the pooled lower bound is above it."""
+    """Per (group, task): runs, runs above chance, the mean accuracy over its runs with a Wilson
+    interval at n = the items one run scored (k = mean acc x n), the chance level and whether the
+    lower bound is above it. Every run of a study scores the same item subset, so its runs are
+    not independent samples of items: summing their n would overstate the evidence (the items'
+    quirks, e.g. a length bias a near-unigram model follows, repeat in every run)."""
     rows = []
     for (group, task), g in df.groupby(["group", "task"], sort=False):
         ok = g[g["n"] > 0]
-        k, n = float(ok["k"].sum()), float(ok["n"].sum())
+        n = float(ok["n"].max()) if len(ok) else 0.0
+        acc = float(ok["acc"].mean()) if len(ok) else np.nan
+        k = acc * n if n else 0.0
         lo, hi = wilson(k, n)
-        chance = float(np.average(ok["chance"], weights=ok["n"])) if n else np.nan
+        chance = float(ok["chance"].mean()) if n else np.nan
         rows.append({"group": group, "task": task, "runs": len(g),
                      "runs_above": int(g["above_chance"].sum()), "k": k, "n": n,
-                     "acc": k / n if n else np.nan, "lo": lo, "hi": hi, "chance": chance,
+                     "acc": acc, "lo": lo, "hi": hi, "chance": chance,
                      "above_chance": bool(lo > chance)})
     return pd.DataFrame(rows)
 
@@ -234,14 +244,15 @@ def table(df: pd.DataFrame) -> str:
             for r in df.itertuples(index=False)]
     lines = _columns(head, rows)
     pool = pooled(df)
-    lines += ["", "per group and task, pooled over its runs:"]
+    lines += ["", "per group and task, the mean over its runs (its interval at one run's n: "
+                  "every run scores the same items):"]
     lines += _columns(["group", "task", "runs", "n", "acc [95% CI]", "chance", ""],
                       [[p.group, p.task, f"{p.runs} ({p.runs_above} above chance)",
                         _num(p.n, ".0f"),
                         f"{_num(p.acc, '.3f')} [{_num(p.lo, '.3f')}, {_num(p.hi, '.3f')}]",
                         _num(p.chance, ".3f"), "above chance" if p.above_chance else "at chance"]
                        for p in pool.itertuples(index=False)])
-    lines += ["", "verdict (pooled accuracy's Wilson lower bound > chance):"]
+    lines += ["", "verdict (the mean accuracy's Wilson lower bound > chance):"]
     for task, p in pool.groupby("task", sort=False):
         above = sorted(p.loc[p["above_chance"], "group"])
         lines.append(f"{task}: " + (f"above chance: {', '.join(above)}" if above
