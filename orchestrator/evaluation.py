@@ -5,10 +5,10 @@
         [--tracking-uri URI] [--address ADDR] [--num-cpus N] [--threads 1]
     make evaluate SWEEP=smoke [ARGS='--tasks piqa,lambada --n 50']   # then: make downstream SWEEP=smoke
 
-Like the sampling stage (orchestrator/sampling.py, whose trial selection and out-dir confinement it
-shares), this module only drives: it picks the FINISHED trials whose weights load, skips those
-already evaluated with the same settings (the evaluation key: tasks, their data versions, n,
-subset seed and the scoring settings), runs the evaluation job (trainer/evaluation/job.py: load,
+Like the sampling stage (orchestrator/sampling.py; both use orchestrator/stages.py for trial
+selection, out-dir confinement and the Ray fan-out), this module only drives: it picks the
+FINISHED trials whose weights load, skips those already evaluated with the same settings (the
+evaluation key: tasks, their data versions, n, subset seed and the scoring settings), runs the evaluation job (trainer/evaluation/job.py: load,
 score every task by trainer/evaluation/score.py's rules) in one Ray task per run, and logs one
 MLflow run per trained run under an evaluation parent run, in the layout core/schema.py defines:
 a metric per task and measure (eval.<task>.acc, ...), the task's version and n as params, the
@@ -21,7 +21,6 @@ import argparse
 import dataclasses
 import hashlib
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -32,7 +31,7 @@ from mlflow.tracking import MlflowClient
 from core import schema as M
 from core.schema import resolve_uri
 from core.search import search_all
-from orchestrator.sampling import _trials, _weights_dir
+from orchestrator.stages import add_common_args, fan_out, finished_trials, weights_dir
 from trainer.evaluation.job import DEFAULT_TASKS, EvalJob, Settings, evaluate_job
 
 DEFAULT_N = 100
@@ -99,8 +98,6 @@ def parse(argv):
     ap = argparse.ArgumentParser(prog="python -m orchestrator.evaluation", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("experiment", help="the study's MLflow experiment (= sweep name)")
-    ap.add_argument("--out-dir", default="runs", help="the sweep's checkpoint root (its --out-dir): "
-                    "weights are read from inside it only")
     ap.add_argument("--tasks", default=",".join(DEFAULT_TASKS), help="comma-separated tasks")
     ap.add_argument("--n", default=str(DEFAULT_N),
                     help="documents per task, the same seeded subset for every run: 100, or "
@@ -113,11 +110,7 @@ def parse(argv):
     ap.add_argument("--steps", type=int, default=d.steps,
                     help="diffusion: sampler steps for LAMBADA and GSM8K")
     ap.add_argument("--gen-tokens", type=int, default=d.gen_tokens, help="GSM8K: tokens generated")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (= Ray CPUs) per task")
-    ap.add_argument("--tracking-uri", default=None)
-    ap.add_argument("--address", default=os.environ.get("RAY_ADDRESS"))
-    ap.add_argument("--num-cpus", type=int, default=None)
-    ap.add_argument("--verbose", action="store_true")
+    add_common_args(ap)
     return ap.parse_args(argv)
 
 
@@ -141,11 +134,11 @@ def main(argv=None) -> int:
                             gen_tokens=args.gen_tokens)
         versions = task_versions(tasks)
         client = MlflowClient(resolve_uri(args.tracking_uri))
-        exp_id, trials = _trials(client, args.experiment)
+        exp_id, trials = finished_trials(client, args.experiment)
         if not trials:
             raise ValueError(f"experiment {args.experiment!r} has no FINISHED trials: run the sweep first")
         root = Path(args.out_dir).resolve()
-        dirs = {r.info.run_id: _weights_dir(r, root) for r in trials}
+        dirs = {r.info.run_id: weights_dir(r, root) for r in trials}
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -168,31 +161,17 @@ def main(argv=None) -> int:
     parent = client.create_run(exp_id, run_name=f"evaluation-{args.experiment}",
                                tags={M.TAG_ROLE: M.ROLE_EVALUATION_PARENT,
                                      M.TAG_EVAL_TASKS: ",".join(tasks)}).info.run_id
-    from orchestrator import runner
-    ray = runner.connect(args.address, args.num_cpus, args.verbose)
-    failed = 0
+    by_id = {r.info.run_id: r for r in usable}
+
+    def logged(src, job, res) -> str:
+        log_result(client, exp_id, parent, src, keys[src.info.run_id], res, job)
+        return _summary(res)
+
+    failed = None
     try:
-        task = ray.remote(num_cpus=args.threads, max_retries=1)(evaluate_job)
-        pending = {task.remote(job): rid for rid, job in jobs.items()}
-        by_id = {r.info.run_id: r for r in usable}
-        t0 = time.perf_counter()
-        for i in range(len(pending)):
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            rid = pending.pop(ready[0])
-            src = by_id[rid]
-            tag = f"{src.data.tags.get(M.TAG_FAMILY, ''):<14} {src.data.tags.get(M.TAG_SIZE, ''):<9}"
-            try:
-                res = ray.get(ready[0])
-            except Exception as exc:                          # noqa: BLE001 - report, go on
-                failed += 1
-                print(f"[{i + 1}/{len(jobs)}] FAILED {tag}: {type(exc).__name__}: {str(exc)[:300]}", flush=True)
-                continue
-            log_result(client, exp_id, parent, src, keys[rid], res, jobs[rid])
-            print(f"[{i + 1}/{len(jobs)}] {tag} {_summary(res)}  ({time.perf_counter() - t0:.0f} s)",
-                  flush=True)
+        failed = fan_out(evaluate_job, jobs, by_id, args, logged)
     finally:
-        client.set_terminated(parent, "FAILED" if failed else "FINISHED")
-        ray.shutdown()
+        client.set_terminated(parent, "FINISHED" if failed == 0 else "FAILED")
     print(f"evaluation {args.experiment}: {len(jobs) - failed} evaluated, {failed} failed. Next: "
           f"python -m analysis.downstream --experiment {args.experiment}")
     return 1 if failed else 0

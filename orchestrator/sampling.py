@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -40,41 +39,11 @@ from mlflow.tracking import MlflowClient
 from core import schema as M
 from core.schema import resolve_uri
 from core.search import search_all
+from orchestrator.stages import add_common_args, fan_out, finished_trials, weights_dir
 from trainer.families.registry import FAMILIES
 from trainer.sampling.job import Job, parse_settings, ref_entropy, sample_job, sampler_fields
 
 DEFAULT_STEPS = (8, 16, 32, 64, 128)
-
-
-def _trials(client: MlflowClient, experiment: str) -> tuple[str, list]:
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        raise ValueError(f"experiment {experiment!r} does not exist in this MLflow store")
-    return exp.experiment_id, search_all(client, exp.experiment_id,
-                                         M.role_filter(M.ROLE_TRIAL, M.STATUS_FINISHED))
-
-
-def _weights_dir(run, root: Path) -> Path | None:
-    """out_dir/<run_id> of a trial whose weights load: model.pt (tag dlm.weights), or for runs that
-    finished before training exported it, the final checkpoint under root/<dlm.run_id>. Both paths
-    must resolve inside `root` (ValueError otherwise); the run's io.out_dir param only explains a
-    miss (the sweep ran with another --out-dir)."""
-    from trainer.sampling.sample import confine, has_weights
-    who = f"trial {run.info.run_id} ({run.data.tags.get(M.TAG_FAMILY)} {run.data.tags.get(M.TAG_SIZE)})"
-    hint = ""
-    out = run.data.params.get(M.PARAM_OUT_DIR)
-    if out and Path(out).resolve() != root:
-        hint = f"; it was trained with {M.PARAM_OUT_DIR}={out}: pass that as --out-dir if you trust it"
-    try:
-        w = run.data.tags.get(M.TAG_WEIGHTS)
-        if w and confine(w, root, f"{who}: its {M.TAG_WEIGHTS} tag").is_file():
-            return confine(Path(w).parent, root, f"{who}: its run dir")
-        rid = run.data.tags.get(M.TAG_RUN_ID)
-        if rid and has_weights(confine(root / rid, root, f"{who}: its {M.TAG_RUN_ID}")):
-            return root / rid
-    except ValueError as exc:
-        raise ValueError(f"{exc}{hint}") from None
-    return None
 
 
 def _causal(family: str | None) -> bool:
@@ -164,8 +133,6 @@ def parse(argv):
     ap = argparse.ArgumentParser(prog="python -m orchestrator.sampling", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("experiment", help="the study's MLflow experiment (= sweep name)")
-    ap.add_argument("--out-dir", default="runs", help="the sweep's checkpoint root (its --out-dir): "
-                    "weights are read from inside it only")
     ap.add_argument("--steps", default=",".join(map(str, DEFAULT_STEPS)),
                     help="comma-separated denoising step counts")
     ap.add_argument("--n", type=int, default=32, help="sequences per (run, steps)")
@@ -184,11 +151,7 @@ def parse(argv):
     ap.add_argument("--judge", default=None, help=f"judge run (MLflow id or {M.TAG_RUN_ID} prefix); "
                     "default: the study's best autoregressive run")
     ap.add_argument("--repeats", type=int, default=3, help="timed calls per point (median)")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (= Ray CPUs) per task")
-    ap.add_argument("--tracking-uri", default=None)
-    ap.add_argument("--address", default=os.environ.get("RAY_ADDRESS"))
-    ap.add_argument("--num-cpus", type=int, default=None)
-    ap.add_argument("--verbose", action="store_true")
+    add_common_args(ap)
     return ap.parse_args(argv)
 
 
@@ -207,11 +170,11 @@ def main(argv=None) -> int:
             raise ValueError(f"--top-p must be in (0, 1], got {args.top_p}")
         offer = sampler_choice(args.sampler, parse_settings(args.sampler_settings))
         client = MlflowClient(resolve_uri(args.tracking_uri))
-        exp_id, trials = _trials(client, args.experiment)
+        exp_id, trials = finished_trials(client, args.experiment)
         if not trials:
             raise ValueError(f"experiment {args.experiment!r} has no FINISHED trials: run the sweep first")
         root = Path(args.out_dir).resolve()
-        dirs = {r.info.run_id: _weights_dir(r, root) for r in trials}
+        dirs = {r.info.run_id: weights_dir(r, root) for r in trials}
         judge = pick_judge(trials, args.judge, dirs)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -245,33 +208,19 @@ def main(argv=None) -> int:
     parent = client.create_run(exp_id, run_name=f"sampling-{args.experiment}",
                                tags={M.TAG_ROLE: M.ROLE_SAMPLING_PARENT, M.TAG_JUDGE_RUN_ID: judge.info.run_id,
                                      M.TAG_JUDGE: judge_text}).info.run_id
-    from orchestrator import runner
-    ray = runner.connect(args.address, args.num_cpus, args.verbose)
-    failed = 0
+    by_id = {r.info.run_id: r for r in usable}
+
+    def logged(src, job, res) -> str:
+        log_result(client, exp_id, parent, src, judge, judge_text,
+                   settings_key(job, judge.info.run_id), res, job, ref_h)
+        return "  ".join(f"{p['steps']}:{p[M.METRIC_TOKENS_PER_S]:,.0f}t/s ppl {p[M.METRIC_GEN_PPL]:.1f} "
+                         f"H {p[M.METRIC_ENTROPY]:.2f}" for p in res["points"])
+
+    failed = None
     try:
-        task = ray.remote(num_cpus=args.threads, max_retries=1)(sample_job)
-        pending = {task.remote(job): rid for rid, job in jobs.items()}
-        by_id = {r.info.run_id: r for r in usable}
-        t0 = time.perf_counter()
-        for i in range(len(pending)):
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            rid = pending.pop(ready[0])
-            src, job = by_id[rid], jobs[rid]
-            tag = f"{src.data.tags.get(M.TAG_FAMILY, ''):<14} {src.data.tags.get(M.TAG_SIZE, ''):<9}"
-            try:
-                res = ray.get(ready[0])
-            except Exception as exc:                          # noqa: BLE001 - report, go on
-                failed += 1
-                print(f"[{i + 1}/{len(jobs)}] FAILED {tag}: {type(exc).__name__}: {str(exc)[:300]}", flush=True)
-                continue
-            log_result(client, exp_id, parent, src, judge, judge_text,
-                       settings_key(job, judge.info.run_id), res, job, ref_h)
-            pts = "  ".join(f"{p['steps']}:{p[M.METRIC_TOKENS_PER_S]:,.0f}t/s ppl {p[M.METRIC_GEN_PPL]:.1f} "
-                            f"H {p[M.METRIC_ENTROPY]:.2f}" for p in res["points"])
-            print(f"[{i + 1}/{len(jobs)}] {tag} {pts}  ({time.perf_counter() - t0:.0f} s)", flush=True)
+        failed = fan_out(sample_job, jobs, by_id, args, logged)
     finally:
-        client.set_terminated(parent, "FAILED" if failed else "FINISHED")
-        ray.shutdown()
+        client.set_terminated(parent, "FINISHED" if failed == 0 else "FAILED")
     print(f"sampling {args.experiment}: {len(jobs) - failed} sampled, {failed} failed; reference "
           f"entropy of real text {ref_h:.3f} nats. Next: python -m analysis.speed_quality "
           f"--experiment {args.experiment}")
