@@ -36,7 +36,7 @@ from analysis import schema as S
 from analysis.conventions import number as _float
 from analysis.schema import AnalysisError
 from analysis.study import nan_to_none
-from analysis.two_stage import (EXTRAPOLATE, TwoStageFit, fit_accuracy, fit_two_stage,  # noqa: F401
+from analysis.two_stage import (EXTRAPOLATE, TwoStageFit, beats_chance, fit_accuracy, fit_two_stage,  # noqa: F401
                                 wilson)
 from core import schema as M
 from core.flops import CONVENTIONS
@@ -66,7 +66,7 @@ EVAL_COLUMNS: dict[str, str] = {
     "k": "items correct, round(acc * n)",
     "lo": "Wilson 95 % lower bound of acc",
     "hi": "Wilson 95 % upper bound of acc",
-    "above_chance": "lo > chance",
+    "above_chance": "lo > max(chance, two_stage.CHANCE_FLOOR = 0.01)",
     "nll_per_token": "LAMBADA: NLL (AR) / NELBO (diffusion) of the last word per token; NaN "
                      "elsewhere",
     "acc_draw_sd": "diffusion: sd of acc over single-t-draw estimators; NaN elsewhere",
@@ -192,7 +192,7 @@ def load_evaluations(experiment: str, tracking_uri: str | None = None, key: str 
     df["val_nelbo"] = df["val_nelbo"].fillna(df["trial_loss"])
     df["k"] = np.round(df["acc"] * df["n"])
     df["lo"], df["hi"] = wilson(df["k"].to_numpy(float), df["n"].to_numpy(float))
-    df["above_chance"] = (df["lo"] > df["chance"]).to_numpy(bool)
+    df["above_chance"] = beats_chance(df["lo"].to_numpy(float), df["chance"].to_numpy(float))
     order = {t: i for i, t in enumerate(dict.fromkeys(df["task"]))}
     df = (df.assign(_task=df["task"].map(order))
             .sort_values(["_task", "group", "compute", "size", "run"], kind="stable"))
@@ -219,7 +219,7 @@ def pooled(df: pd.DataFrame) -> pd.DataFrame:
         rows.append({"group": group, "task": task, "runs": len(g),
                      "runs_above": int(g["above_chance"].sum()), "k": k, "n": n,
                      "acc": acc, "lo": lo, "hi": hi, "chance": chance,
-                     "above_chance": bool(lo > chance)})
+                     "above_chance": bool(beats_chance(lo, chance))})
     return pd.DataFrame(rows)
 
 
@@ -257,7 +257,7 @@ def table(df: pd.DataFrame) -> str:
         above = sorted(p.loc[p["above_chance"], "group"])
         lines.append(f"{task}: " + (f"above chance: {', '.join(above)}" if above
                                     else "no family above chance"))
-    lines.append("* = above chance (Wilson 95 % lower bound > chance)")
+    lines.append("* = above chance (Wilson 95 % lower bound > max(chance, 0.01))")
     return "\n".join(lines)
 
 

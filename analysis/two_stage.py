@@ -21,7 +21,7 @@ draw of the compute law's own bootstrap.
 No fake fit: a sigmoid through points that all sit at chance can be drawn anywhere. A group and
 task gets no fit, and says why (:attr:`SigmoidFit.reason`), when it has fewer than MIN_POINTS
 points, when every point's Wilson interval contains chance, or when fewer than MIN_ABOVE points
-are above chance (Wilson lower bound > chance).
+are above chance (Wilson lower bound > max(chance, CHANCE_FLOOR)): a sigmoid has 3 parameters.
 """
 
 from __future__ import annotations
@@ -36,7 +36,11 @@ from analysis.laws import fit_law
 
 Z95 = 1.959964               # two-sided 95 % normal quantile
 MIN_POINTS = 5
-MIN_ABOVE = 2
+MIN_ABOVE = 3                # the sigmoid has 3 free parameters (top, k, L0): fewer points
+                             # off the chance floor pin k to a step (k ~ 140 on 2 of 10 points)
+CHANCE_FLOOR = 0.01          # "above chance" needs a Wilson lower bound above max(chance, this):
+                             # generation tasks have chance 0, where one lucky hit in 200
+                             # (a frequent word, a small number) would otherwise count
 P_CLIP = 0.01                # binomial weights use p clipped to [P_CLIP, 1 − P_CLIP]
 PARAMS = ("top", "k", "L0")
 EXTRAPOLATE = 10.0           # predict at the largest evaluated C and at this multiple of it
@@ -209,6 +213,11 @@ def _estimates(point: np.ndarray, samples: np.ndarray, flags: dict[str, str]
             for i, n in enumerate(PARAMS)}
 
 
+def beats_chance(lo, chance) -> np.ndarray:
+    """Whether Wilson lower bounds `lo` clear the chance level (at least CHANCE_FLOOR)."""
+    return np.asarray(lo, float) > np.maximum(np.asarray(chance, float), CHANCE_FLOOR)
+
+
 def fit_accuracy(loss, k, n, chance, *, group: str = "", task: str = "", n_boot: int = 200,
                  seed: int = 0) -> SigmoidFit:
     """Stage 1 on one group's points of one task: ``loss`` (val NELBO), ``k`` correct of ``n``
@@ -220,8 +229,8 @@ def fit_accuracy(loss, k, n, chance, *, group: str = "", task: str = "", n_boot:
     loss, k, n, chance_pt = loss[use], k[use], n[use], chance_pt[use]
     c = float(np.average(chance_pt, weights=n)) if len(n) else float("nan")
     lo, hi = wilson(k, n)
-    above = int((lo > chance_pt).sum())
-    at_chance = int(((lo <= chance_pt) & (chance_pt <= hi)).sum())
+    above = int(beats_chance(lo, chance_pt).sum())
+    at_chance = int((~beats_chance(lo, chance_pt) & (chance_pt <= hi)).sum())
     base = dict(group=group, task=task, chance=c, n_points=len(loss), n_above=above)
     if len(loss) < MIN_POINTS:
         return SigmoidFit(**base, ok=False,

@@ -70,6 +70,12 @@ def test_no_fit_at_chance_or_with_few_points():
     # one clear point above chance is not a curve
     one = fit_accuracy(loss, [100, 100, 100, 100, 100, 200], n, CHANCE)
     assert not one.ok and one.reason.startswith("1 of 6 points above chance")
+    # nor are two: three parameters (a fit through 2 of 10 off the floor pins k to a step)
+    two = fit_accuracy(loss, [100, 100, 100, 100, 200, 220], n, CHANCE)
+    assert not two.ok and two.reason.startswith("2 of 6 points above chance (needs >= 3)")
+    # chance 0 (generation): 1 hit in 200 is luck, not above chance (Wilson lo 0.0009 < 0.01)
+    lucky = fit_accuracy(loss, [0, 0, 0, 0, 1, 1], np.full(6, 200), 0.0)
+    assert not lucky.ok and lucky.n_above == 0 and "at chance" in lucky.reason
     # generation tasks (chance 0): every k = 0 is at chance
     zero = fit_accuracy(loss, np.zeros(6), n, 0.0)
     assert not zero.ok and "at chance" in zero.reason
