@@ -252,7 +252,7 @@ def table(df: pd.DataFrame) -> str:
                         f"{_num(p.acc, '.3f')} [{_num(p.lo, '.3f')}, {_num(p.hi, '.3f')}]",
                         _num(p.chance, ".3f"), "above chance" if p.above_chance else "at chance"]
                        for p in pool.itertuples(index=False)])
-    lines += ["", "verdict (the mean accuracy's Wilson lower bound > chance):"]
+    lines += ["", "verdict (the mean accuracy's Wilson lower bound > max(chance, 0.01)):"]
     for task, p in pool.groupby("task", sort=False):
         above = sorted(p.loc[p["above_chance"], "group"])
         lines.append(f"{task}: " + (f"above chance: {', '.join(above)}" if above
