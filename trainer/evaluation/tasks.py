@@ -125,17 +125,27 @@ def parse_counts(text: str, tasks: tuple[str, ...]) -> dict[str, int | None]:
     return {t: out.get(t, default) for t in tasks}
 
 
-def load_task(name: str, n: int | None = None, subset_seed: int = 0) -> Task:
-    """The task's first n documents of a `subset_seed` permutation (all of them for n = None)."""
+def _files(name: str) -> tuple[Path, Path]:
+    """(config.json, requests.jsonl.gz) of a task; ValueError naming an unknown or missing one."""
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; known: {', '.join(TASKS)}")
-    spec = TASKS[name]
-    where = package_dir() / spec.path
+    where = package_dir() / TASKS[name].path
     config, requests = where / "config.json", where / "requests.jsonl.gz"
     if not (config.is_file() and requests.is_file()):
         raise ValueError(f"task {name!r}: {where} lacks config.json or requests.jsonl.gz: the "
                          f"installed {PACKAGE} is not 0.9.0 or is incomplete ({INSTALL})")
-    version = json.loads(config.read_text())["task_hash"]
+    return config, requests
+
+
+def task_version(name: str) -> str:
+    """The task data's version: the oe-eval task_hash of its request file."""
+    return json.loads(_files(name)[0].read_text())["task_hash"]
+
+
+def load_task(name: str, n: int | None = None, subset_seed: int = 0) -> Task:
+    """The task's first n documents of a `subset_seed` permutation (all of them for n = None)."""
+    version = task_version(name)                    # ValueError for an unknown or missing task
+    spec, requests = TASKS[name], _files(name)[1]
     docs: dict[int, list[dict]] = {}
     with gzip.open(requests, "rt", encoding="utf-8") as fh:
         for line in fh:
